@@ -1,0 +1,147 @@
+"""URIs: local paths and s3:// objects, read and written through pyarrow filesystems.
+
+S3 settings come from the standard AWS configuration (environment, profiles). An
+S3-compatible endpoint is taken from `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    kwargs: dict[str, object] = {}
+    if endpoint:
+        kwargs["endpoint_override"] = endpoint
+        if endpoint.startswith("http://"):
+            kwargs["scheme"] = "http"
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem_and_path(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem that holds `uri` and the path inside it."""
+    if is_s3(uri):
+        return s3_filesystem(), uri.removeprefix("s3://").rstrip("/")
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def file_size(uri: str) -> int | None:
+    """Size in bytes, or None when nothing is there."""
+    filesystem, path = filesystem_and_path(uri)
+    info = filesystem.get_file_info(path)
+    return info.size if info.type == pafs.FileType.File else None
+
+
+def download(uri: str, dest: Path) -> None:
+    """Copy `uri` to `dest`, atomically: a partial copy never appears under `dest`."""
+    filesystem, path = filesystem_and_path(uri)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    try:
+        with filesystem.open_input_stream(path) as src, open(partial, "wb") as out:
+            while chunk := src.read(1 << 22):
+                out.write(chunk)
+        os.replace(partial, dest)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+MANIFEST_EXTENSIONS = (".parquet", ".csv")
+URI_COLUMNS = ("uri", "source_uri", "path", "url", "image")
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def _uri_of(uri: str, path: str) -> str:
+    return f"s3://{path}" if is_s3(uri) else path
+
+
+def list_images(uri: str) -> list[str]:
+    """Image files under a folder or prefix, recursively, sorted. Extensions match in any case."""
+    filesystem, path = filesystem_and_path(uri)
+    info = filesystem.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"nothing at {uri}")
+    if info.type == pafs.FileType.File:
+        return [uri] if path.lower().endswith(IMAGE_EXTENSIONS) else []
+    selector = pafs.FileSelector(path, recursive=True)
+    return sorted(
+        _uri_of(uri, f.path)
+        for f in filesystem.get_file_info(selector)
+        if f.type == pafs.FileType.File and f.path.lower().endswith(IMAGE_EXTENSIONS)
+    )
+
+
+def is_manifest(uri: str) -> bool:
+    return uri.lower().endswith(MANIFEST_EXTENSIONS)
+
+
+def read_manifest(uri: str, column: str | None = None) -> pa.Table:
+    """A Parquet or CSV manifest with its image URIs in a `source_uri` column; other columns are kept.
+
+    The URIs come from `column`, or the first of URI_COLUMNS present. Rows without one are
+    dropped. Relative local paths are taken relative to the manifest's folder.
+    """
+    filesystem, path = filesystem_and_path(uri)
+    with filesystem.open_input_file(path) as f:
+        table = pq.read_table(f) if path.lower().endswith(".parquet") else pacsv.read_csv(f)
+    name = column or next((c for c in URI_COLUMNS if c in table.column_names), None)
+    if name is None or name not in table.column_names:
+        wanted = repr(column) if column else f"one of {', '.join(URI_COLUMNS)}"
+        raise ValueError(f"manifest {uri} has no column {wanted}; its columns are {', '.join(table.column_names)}")
+    base = uri.rsplit("/", 1)[0] if is_s3(uri) else str(Path(path).parent)
+    table = table.filter(pc.is_valid(table.column(name)))
+    uris = [u if is_s3(u) or u.startswith("/") else join(base, u) for u in table.column(name).to_pylist()]
+    others = [c for c in table.column_names if c not in (name, "source_uri")]
+    return table.select(others).append_column("source_uri", pa.array(uris, pa.string()))
+
+
+def read_bytes(uri: str) -> bytes:
+    filesystem, path = filesystem_and_path(uri)
+    with filesystem.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole object; readers never see it half-written (an S3 PUT, a rename locally)."""
+    filesystem, path = filesystem_and_path(uri)
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    target = path if is_s3(uri) else f"{path}.{os.getpid()}.tmp"
+    with filesystem.open_output_stream(target) as f:
+        f.write(data)
+    if target != path:
+        filesystem.move(target, path)
+
+
+def list_files(uri: str, suffix: str = "") -> list[str]:
+    """Files directly under a folder or prefix (not recursive), sorted; empty when it does not exist."""
+    filesystem, path = filesystem_and_path(uri)
+    selector = pafs.FileSelector(path, allow_not_found=True)
+    return sorted(
+        _uri_of(uri, f.path)
+        for f in filesystem.get_file_info(selector)
+        if f.type == pafs.FileType.File and f.path.endswith(suffix)
+    )
+
+
+def delete(uri: str) -> None:
+    filesystem, path = filesystem_and_path(uri)
+    filesystem.delete_file(path)

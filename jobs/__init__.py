@@ -1,0 +1,1 @@
+"""Ray entry points (`python -m jobs.<name>`): parse arguments, build a Ray Data plan, write Parquet."""

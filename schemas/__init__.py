@@ -1,0 +1,1 @@
+"""Versioned pyarrow schemas of every output table, one module per table."""
