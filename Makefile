@@ -18,10 +18,11 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	@echo "The restore job is not built yet (issue 3); 'make test' checks the network against golden data."
+	$(PY) -m jobs.demo
 
 bench: $(STAMP)
 	$(PY) bench/restore_forward.py
+	$(PY) bench/pipeline.py
 
 clean:
 	rm -rf $(VENV) demo_output

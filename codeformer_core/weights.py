@@ -5,7 +5,8 @@ A checkpoint is resolved in this order:
   2. a weights directory (argument, or $CODEFORMER_WEIGHTS_DIR) holding the official file name;
   3. the user cache directory ($CODEFORMER_CACHE_DIR, else $XDG_CACHE_HOME/codeformer-data,
      else ~/.cache/codeformer-data);
-  4. a download from the official release page into the cache, with a progress bar.
+  4. a download from the official release page into the cache, with a progress bar
+     (unless $CODEFORMER_NO_DOWNLOAD is set).
 Files are always read with `torch.load(weights_only=True)`: a pickle that carries code is refused.
 """
 
@@ -30,6 +31,7 @@ from codeformer_core.arch import CodeFormer
 
 WEIGHTS_DIR_ENV = "CODEFORMER_WEIGHTS_DIR"
 CACHE_DIR_ENV = "CODEFORMER_CACHE_DIR"
+NO_DOWNLOAD_ENV = "CODEFORMER_NO_DOWNLOAD"
 SYNTHETIC_MARKER = "synthetic"
 SYNTHETIC_SPEC_PREFIX = "synthetic:"
 LISTED_KEYS = 5
@@ -120,9 +122,14 @@ def resolve(
     spec: str,
     weights_dir: str | os.PathLike[str] | None = None,
     cache_dir: Path | None = None,
-    allow_download: bool = True,
+    allow_download: bool | None = None,
 ) -> Path:
-    """Local path of the checkpoint `spec`: a known name (see KNOWN_CHECKPOINTS), a path or an s3:// URI."""
+    """Local path of the checkpoint `spec`: a known name (see KNOWN_CHECKPOINTS), a path or an s3:// URI.
+
+    Downloads are allowed unless `allow_download` is False or $CODEFORMER_NO_DOWNLOAD is set.
+    """
+    if allow_download is None:
+        allow_download = not os.environ.get(NO_DOWNLOAD_ENV)
     cache = cache_dir or default_cache_dir()
     if io.is_s3(spec):
         return _fetch_s3(spec, cache)
@@ -146,7 +153,7 @@ def resolve(
         except (urllib.error.URLError, OSError) as exc:
             failure = f"downloading {known.url} failed: {exc}"
     else:
-        failure = "downloading is turned off"
+        failure = f"downloading is turned off (${NO_DOWNLOAD_ENV})"
     looked = "\n".join(f"  - {c}" for c in candidates)
     raise WeightsNotFoundError(
         f"cannot find {known.filename} ({known.description}).\n"
