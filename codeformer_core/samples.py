@@ -5,17 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-# facexlib's five-point template (eye centres, nose tip, mouth corners) for 512x512 crops.
-FFHQ_TEMPLATE_512 = np.array(
-    [
-        [192.98138, 239.94708],
-        [318.90277, 240.19366],
-        [256.63416, 314.01935],
-        [201.26117, 371.41043],
-        [313.08905, 371.15118],
-    ],
-    dtype=np.float32,
-)
+from codeformer_core.align import FFHQ_TEMPLATE_512
 
 
 def synthetic_face(seed: int, size: int = 512, degrade: bool = True) -> np.ndarray:

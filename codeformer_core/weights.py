@@ -300,10 +300,18 @@ def load_codeformer(
 
 
 def synthetic_tensor(name: str, shape: tuple[int, ...], base_seed: int) -> np.ndarray:
-    """One entry of the synthetic weight rule (golden README): seeded by CRC-32 of its name."""
+    """One entry of the synthetic weight rule (golden README): seeded by CRC-32 of its name.
+
+    Batch-norm buffers, which CodeFormer lacks, get valid values: a positive running variance
+    and a zero step count.
+    """
+    if name.endswith("num_batches_tracked"):
+        return np.zeros(shape, dtype=np.int64)
     rng = np.random.default_rng(zlib.crc32(name.encode("utf-8")) ^ base_seed)
     x = rng.standard_normal(size=shape)
-    if name.endswith("weight") and len(shape) >= 2:
+    if name.endswith("running_var"):
+        x = 1 + 0.1 * np.abs(x)
+    elif name.endswith("weight") and len(shape) >= 2:
         x = x / np.sqrt(np.prod(shape[1:]))
     elif name.endswith("weight"):
         x = 1 + 0.1 * x
@@ -321,9 +329,15 @@ def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def synthetic_state_dict(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """Deterministic random weights for every entry of `model.state_dict()`. Not a trained model."""
+    return {k: torch.from_numpy(synthetic_tensor(k, tuple(v.shape), seed)) for k, v in model.state_dict().items()}
+
+
 def synthetic_codeformer_state_dict(seed: int = 1) -> dict[str, torch.Tensor]:
     """Deterministic random CodeFormer weights in the official layout. Not a trained model."""
-    return {name: torch.from_numpy(synthetic_tensor(name, shape, seed)) for name, shape in codeformer_shapes().items()}
+    with torch.device("meta"):
+        return synthetic_state_dict(CodeFormer(), seed)
 
 
 def save_synthetic_codeformer(path: Path, seed: int = 1) -> Path:

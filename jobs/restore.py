@@ -3,9 +3,12 @@
     python -m jobs.restore --input URI --output URI --aligned [options]
 
 Input is a local folder, an s3://bucket/prefix (both listed recursively for jpg, jpeg, png,
-webp and bmp files in any case), or a Parquet/CSV manifest with a column of image URIs.
-Output is two Parquet tables under --output: images/ (one row per input, with a status) and
-faces/ (one row per restored face, PNG crops). Running the same command again after a crash
+webp and bmp files in any case), or a Parquet/CSV manifest with a column of image URIs and,
+optionally, a `landmarks` column of five-point landmarks per face (then no detector runs).
+Without --aligned, faces are found with RetinaFace, aligned to the FFHQ 512 template, restored
+and, with --paste, pasted back into the whole image.
+Output is Parquet tables under --output: images/ (one row per input, with a status), faces/
+(one row per restored face, PNG crops and lineage) and, with --paste, pasted/. Running the same command again after a crash
 finishes the output without duplicating rows; a finished output is left as it is.
 """
 
@@ -21,15 +24,19 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import codeformer_core
 from codeformer_core import io
 from codeformer_core.codec import DEFAULT_MAX_PIXELS
-from codeformer_core.weights import SYNTHETIC_SPEC_PREFIX, WeightsError, WeightsInfo, codeformer_weights
+from codeformer_core.detect import MODELS, DetectConfig
+from codeformer_core.weights import SYNTHETIC_SPEC_PREFIX, WeightsError, WeightsInfo, codeformer_weights, resolve
 from jobs import _ledger, _udf
 
-TABLES = ("images", "faces")
+TABLES = ("images", "faces", "pasted")
+LANDMARKS_COLUMN = "landmarks"
 SYNTHETIC_NOTE = (
     "NOTE: SYNTHETIC WEIGHTS. The network ran with random weights in the official layout, not the trained "
     "CodeFormer: every stage ran for real, but the 'restored' faces are noise. Outputs are marked weights_synthetic."
@@ -56,6 +63,10 @@ class RestoreConfig:
     threads_per_actor: int | None
     device: str
     ray_address: str | None
+    detect: DetectConfig
+    detector_weights: str | None
+    paste: bool
+    upscale: int
 
 
 def positive_int(text: str) -> int:
@@ -95,16 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads-per-actor", type=positive_int, default=None, help="torch threads of each CPU actor (default: the node's cores divided by --actors)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the network runs: auto picks GPUs when the cluster has them (default auto)")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started for this job)")
+    d = p.add_argument_group("faces in whole images (without --aligned)")
+    d.add_argument("--detector", choices=tuple(MODELS), default="retinaface_resnet50", help="RetinaFace backbone (default retinaface_resnet50)")
+    d.add_argument("--detector-weights", default=None, help="detector checkpoint path or s3:// URI (default: the official file, found like --weights)")
+    d.add_argument("--det-threshold", type=float, default=0.8, help="minimum detection confidence (default 0.8)")
+    d.add_argument("--nms-threshold", type=float, default=0.4, help="IoU above which overlapping boxes are suppressed (default 0.4)")
+    d.add_argument("--min-face-size", type=float, default=0.0, help="drop faces whose box is smaller than this many pixels (default 0)")
+    d.add_argument("--max-faces", type=positive_int, default=None, help="keep at most this many faces per image, best first")
+    d.add_argument("--only-center-face", action="store_true", help="keep only the face nearest the image centre")
+    d.add_argument("--det-input-size", type=positive_int, default=640, help="short side images are rescaled to for detection (default 640, as the official helper)")
+    d.add_argument("--detect-batch-size", type=positive_int, default=8, help="images per detector forward pass (default 8)")
+    d.add_argument("--paste", action="store_true", help="also write pasted/: each whole image with its restored faces pasted back")
+    d.add_argument("--upscale", type=int, choices=(1, 2), default=1, help="size factor of pasted images; the background is resized, not restored (default 1)")
     return p
 
 
 def config_from_args(argv: list[str] | None) -> RestoreConfig:
     args = build_parser().parse_args(argv)
-    if not args.aligned:
-        raise UsageError(
-            "only --aligned inputs are supported yet: face detection and alignment of whole images "
-            "has not landed. Pass --aligned if every input is an aligned face crop."
-        )
+    if args.aligned and args.paste:
+        raise UsageError("--paste needs whole images; with --aligned there is nothing to paste into")
     if args.synthetic_weights and args.weights != "codeformer":
         raise UsageError("--synthetic-weights and --weights exclude each other")
     return RestoreConfig(
@@ -122,6 +142,19 @@ def config_from_args(argv: list[str] | None) -> RestoreConfig:
         threads_per_actor=args.threads_per_actor,
         device=args.device,
         ray_address=args.ray_address,
+        detect=DetectConfig(
+            model=args.detector,
+            conf_threshold=args.det_threshold,
+            nms_threshold=args.nms_threshold,
+            min_face_size=args.min_face_size,
+            max_faces=args.max_faces,
+            only_center_face=args.only_center_face,
+            input_size=args.det_input_size,
+            batch_size=args.detect_batch_size,
+        ),
+        detector_weights=args.detector_weights,
+        paste=args.paste,
+        upscale=args.upscale,
     )
 
 
@@ -129,21 +162,50 @@ def image_id(uri: str) -> str:
     return hashlib.sha256(uri.encode("utf-8")).hexdigest()[:20]
 
 
-def list_inputs(cfg: RestoreConfig) -> list[str]:
-    """Input URIs, each once, in sorted order, cut to --limit."""
+def parse_landmarks(value: object) -> list[list[float]] | None:
+    """A manifest cell -> a list of faces of 10 numbers each; a JSON string (CSV) or nested lists.
+
+    An empty cell means: no landmarks given, detect."""
+    if value is None or value == "":
+        return None
+    faces = json.loads(value) if isinstance(value, str) else value
+    return [[float(v) for v in np.asarray(face, dtype=np.float64).reshape(-1)] for face in faces]
+
+
+def list_inputs(cfg: RestoreConfig) -> pa.Table:
+    """`source_uri` (and `manifest_landmarks` when the manifest has them), each input once, sorted, cut to --limit."""
     try:
         if io.is_manifest(cfg.input):
-            uris = io.read_manifest(cfg.input, cfg.uri_column).column("source_uri").to_pylist()
+            manifest = io.read_manifest(cfg.input, cfg.uri_column)
         else:
-            uris = io.list_images(cfg.input)
+            manifest = pa.table({"source_uri": io.list_images(cfg.input)})
     except FileNotFoundError:
         raise UsageError(f"input {cfg.input} does not exist") from None
     except OSError as exc:
         raise UsageError(f"cannot read input {cfg.input}: {exc}") from None
-    unique = sorted(set(uris))
-    if not unique:
+    rows = {}
+    landmarks = manifest.column(LANDMARKS_COLUMN).to_pylist() if LANDMARKS_COLUMN in manifest.column_names else None
+    for i, uri in enumerate(manifest.column("source_uri").to_pylist()):
+        rows.setdefault(uri, i)
+    uris = sorted(rows)[: cfg.limit] if cfg.limit else sorted(rows)
+    if not uris:
         raise UsageError(f"no images (jpg, jpeg, png, webp, bmp) found under {cfg.input}")
-    return unique[: cfg.limit] if cfg.limit else unique
+    inputs = pa.table({"source_uri": uris, "image_id": [image_id(u) for u in uris]})
+    if landmarks is None:
+        return inputs
+    try:
+        faces = [parse_landmarks(landmarks[rows[u]]) for u in uris]
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"manifest column {LANDMARKS_COLUMN!r} must hold lists of 10 numbers per face: {exc}") from None
+    return inputs.append_column("manifest_landmarks", pa.array(faces, pa.list_(pa.list_(pa.float64()))))
+
+
+def needs_detector(cfg: RestoreConfig, inputs: pa.Table) -> bool:
+    if cfg.aligned:
+        return False
+    if "manifest_landmarks" not in inputs.column_names:
+        return True
+    return inputs.column("manifest_landmarks").null_count > 0
 
 
 def run_record(cfg: RestoreConfig, weights: WeightsInfo) -> dict:
@@ -155,18 +217,22 @@ def run_record(cfg: RestoreConfig, weights: WeightsInfo) -> dict:
         "fidelity": cfg.fidelity,
         "aligned": cfg.aligned,
         "max_pixels": cfg.max_pixels,
+        "detect": None if cfg.aligned else asdict(cfg.detect),
+        "upscale": cfg.upscale if cfg.paste else None,
     }
 
 
-def preflight(cfg: RestoreConfig) -> tuple[list[str], WeightsInfo, _ledger.Resume]:
+def preflight(cfg: RestoreConfig) -> tuple[pa.Table, WeightsInfo, _ledger.Resume]:
     """Everything that can stop the job, checked before any work is started."""
-    uris = list_inputs(cfg)
+    inputs = list_inputs(cfg)
     _, weights = codeformer_weights(cfg.weights, cfg.weights_dir)
+    if needs_detector(cfg, inputs) and not weights.synthetic:
+        resolve(cfg.detector_weights or cfg.detect.model, weights_dir=cfg.weights_dir)
     try:
         resume = _ledger.prepare(cfg.output, run_record(cfg, weights), TABLES)
     except OSError as exc:
         raise UsageError(f"cannot write to output {cfg.output}: {exc}") from None
-    return uris, weights, resume
+    return inputs, weights, resume
 
 
 def start_ray(address: str | None) -> None:
@@ -179,10 +245,10 @@ def start_ray(address: str | None) -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
-def plan(cfg: RestoreConfig, pending: list[str], weights: WeightsInfo, run: dict):
+def plan(cfg: RestoreConfig, pending: pa.Table, weights: WeightsInfo, run: dict):
     import ray
 
     gpus = int(ray.cluster_resources().get("GPU", 0)) if cfg.device != "cpu" else 0
@@ -190,42 +256,53 @@ def plan(cfg: RestoreConfig, pending: list[str], weights: WeightsInfo, run: dict
         raise UsageError("--device cuda was asked for, but the Ray cluster has no GPUs")
     actors = cfg.actors or max(gpus, 1)
     threads = cfg.threads_per_actor or (None if gpus else max(1, (os.cpu_count() or 1) // actors))
-    blocks = [
-        pa.table({"source_uri": chunk, "image_id": [image_id(u) for u in chunk]})
-        for chunk in (pending[i : i + cfg.batch_size] for i in range(0, len(pending), cfg.batch_size))
-    ]
-    # Reads and decodes ask for less than a whole CPU so that Ray keeps them out of the model
-    # actor (it fuses stages with equal resource requests) and runs them alongside it.
+    device = "cuda" if gpus else "cpu"
+    # Logical CPUs, for scheduling only (torch threads are set apart): two model pools plus the
+    # CPU stages must fit on a 2-CPU machine, and CPU stages must ask for a different amount than
+    # the model actors, or Ray fuses them into the actors and they stop overlapping.
+    model_stage = {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=actors), "num_gpus": 1 if gpus else 0, "num_cpus": 0.5}
+    cpu_stage = {"batch_format": "numpy", "batch_size": cfg.batch_size, "num_cpus": 0.25}
+    blocks = [pending.slice(i, cfg.batch_size) for i in range(0, pending.num_rows, cfg.batch_size)]
+
     ds = ray.data.from_arrow(blocks)
-    ds = ds.map_batches(_udf.read_images, batch_format="numpy", batch_size=cfg.batch_size, num_cpus=0.5)
-    ds = ds.map_batches(
-        _udf.decode_aligned,
-        batch_format="numpy",
-        batch_size=cfg.batch_size,
-        num_cpus=0.5,
-        fn_kwargs={"max_pixels": cfg.max_pixels},
-    )
+    ds = ds.map_batches(_udf.read_images, **cpu_stage)
+    ds = ds.map_batches(_udf.decode_images, fn_kwargs={"max_pixels": cfg.max_pixels, "aligned": cfg.aligned}, **cpu_stage)
+    if not cfg.aligned:
+        if needs_detector(cfg, pending):
+            ds = ds.map_batches(
+                _udf.DetectFaces,
+                batch_format="numpy",
+                batch_size=cfg.detect.batch_size,
+                fn_constructor_kwargs={
+                    "config": cfg.detect,
+                    "weights": cfg.detector_weights,
+                    "weights_dir": cfg.weights_dir,
+                    "synthetic": weights.synthetic,
+                    "device": device,
+                    "threads": threads,
+                },
+                **model_stage,
+            )
+        ds = ds.map_batches(_udf.align_faces, **cpu_stage)
     ds = ds.map_batches(
         _udf.RestoreFaces,
         batch_format="numpy",
         batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-        num_gpus=1 if gpus else 0,
-        num_cpus=1,
         fn_constructor_kwargs={
             "weights": cfg.weights,
             "weights_dir": cfg.weights_dir,
             "expected_sha256": weights.sha256,
-            "device": "cuda" if gpus else "cpu",
+            "device": device,
             "batch_size": cfg.batch_size,
             "fidelity": cfg.fidelity,
             "threads": threads,
         },
+        **model_stage,
     )
-    ds = ds.map_batches(_udf.encode_png, batch_format="numpy", batch_size=cfg.batch_size)
-    return ds.map_batches(
-        _udf.write_part, batch_format="numpy", batch_size=cfg.batch_size, fn_kwargs={"output": cfg.output, "run": run}
-    )
+    if cfg.paste:
+        ds = ds.map_batches(_udf.paste_back, fn_kwargs={"upscale": cfg.upscale}, **cpu_stage)
+    ds = ds.map_batches(_udf.encode_png, **cpu_stage)
+    return ds.map_batches(_udf.write_part, fn_kwargs={"output": cfg.output, "run": run}, **cpu_stage)
 
 
 def summarize(cfg: RestoreConfig, total: int, statuses: Counter, faces: int, seconds: float, new_faces: int, weights: WeightsInfo) -> str:
@@ -234,7 +311,7 @@ def summarize(cfg: RestoreConfig, total: int, statuses: Counter, faces: int, sec
     lines = [
         f"inputs {total}: ok {statuses.get('ok', 0)}; failures: {failures}",
         f"faces {faces} ({rate}, {seconds:.1f} s)",
-        f"output: {cfg.output}/images/ and {cfg.output}/faces/",
+        f"output: {cfg.output}/images/ and {cfg.output}/faces/" + (f" and {cfg.output}/pasted/" if cfg.paste else ""),
         f'read: pandas.read_parquet("{cfg.output}/images") / pandas.read_parquet("{cfg.output}/faces")',
     ]
     if weights.synthetic:
@@ -245,25 +322,26 @@ def summarize(cfg: RestoreConfig, total: int, statuses: Counter, faces: int, sec
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(argv)
-        uris, weights, resume = preflight(cfg)
+        inputs, weights, resume = preflight(cfg)
     except (UsageError, WeightsError, _ledger.OutputMismatchError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if weights.synthetic:
         print(SYNTHETIC_NOTE, file=sys.stderr)
 
-    ids = {u: image_id(u) for u in uris}
-    pending = [u for u in uris if ids[u] not in resume.done_ids]
+    done = pa.array(sorted(resume.done_ids), pa.string())
+    pending = inputs.filter(pc.invert(pc.is_in(inputs.column("image_id"), value_set=done)))
+    total = inputs.num_rows
     statuses = Counter(resume.statuses)
     faces = resume.faces
     print(
-        f"{len(uris)} inputs: {len(uris) - len(pending)} already done, {len(pending)} to process"
+        f"{total} inputs: {total - pending.num_rows} already done, {pending.num_rows} to process"
         + (f" ({resume.orphans_removed} unfinished part files from an earlier run removed)" if resume.orphans_removed else ""),
         file=sys.stderr,
     )
     start = time.monotonic()
     new_faces = 0
-    if pending:
+    if pending.num_rows:
         from tqdm import tqdm
 
         try:
@@ -272,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         except UsageError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        with tqdm(total=len(pending), unit="img", desc="restore", file=sys.stderr) as bar:
+        with tqdm(total=pending.num_rows, unit="img", desc="restore", file=sys.stderr) as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 for n, k, st in zip(batch["inputs"], batch["faces"], batch["statuses"]):
                     statuses.update(json.loads(st))
@@ -280,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                     new_faces += int(k)
                     bar.update(int(n))
                     bar.set_postfix(faces=faces, faces_per_s=f"{new_faces / max(time.monotonic() - start, 1e-9):.3f}")
-    print(summarize(cfg, len(uris), statuses, faces, time.monotonic() - start, new_faces, weights))
+    print(summarize(cfg, total, statuses, faces, time.monotonic() - start, new_faces, weights))
     return 0
 
 

@@ -163,7 +163,8 @@ def test_summary_and_rerun(restored_on_s3):
     "args, message",
     [
         (["--input", "{tmp}/nowhere", "--output", "{tmp}/out", "--aligned", "--synthetic-weights"], "does not exist"),
-        (["--input", "{tmp}/in", "--output", "{tmp}/out", "--synthetic-weights"], "only --aligned inputs are supported"),
+        (["--input", "{tmp}/in", "--output", "{tmp}/out", "--aligned", "--paste", "--synthetic-weights"], "--paste needs whole images"),
+        (["--input", "{tmp}/in", "--output", "{tmp}/out", "--weights-dir", "{tmp}/empty"], "cannot find codeformer.pth"),
         (["--input", "{tmp}/in", "--output", "{tmp}/out", "--aligned", "--weights", "{tmp}/missing.pth"], "missing.pth"),
         (["--input", "{tmp}/in", "--output", "{tmp}/out", "--aligned"], "cannot find codeformer.pth"),
         (["--input", "{tmp}/empty", "--output", "{tmp}/out", "--aligned", "--synthetic-weights"], "no images"),

@@ -2,8 +2,9 @@
 
 import numpy as np
 
-from codeformer_core.samples import synthetic_face
 from codeformer_core import codec
+from codeformer_core.align import FFHQ_TEMPLATE_512
+from codeformer_core.samples import synthetic_face
 from jobs import _udf
 
 
@@ -12,12 +13,12 @@ def test_decode_stage_keeps_every_row_and_explains_failures():
     batch = {
         "source_uri": np.array(["a.png", "b.png", "c.png"]),
         "image_id": np.array(["1", "2", "3"]),
-        "data": _udf.objects([good, b"", b"junk"]),
+        "data": np.array([good, b"", b"junk"], dtype=object),
         "status": np.array(["ok", "ok", "read_error"]),
-        "error": _udf.objects([None, None, "OSError: gone"]),
+        "error": np.array([None, None, "OSError: gone"], dtype=object),
     }
 
-    out = _udf.decode_aligned(batch, max_pixels=10**8).to_pydict()
+    out = _udf.decode_images(batch, max_pixels=10**8, aligned=True).to_pydict()
 
     assert out["status"] == ["ok", "empty", "read_error"]
     assert out["error"][0] is None and "0 bytes" in out["error"][1] and out["error"][2] == "OSError: gone"
@@ -30,6 +31,25 @@ def test_read_stage_turns_missing_files_into_rows(tmp_path):
     (tmp_path / "a.png").write_bytes(b"abc")
     batch = {"source_uri": np.array([str(tmp_path / "a.png"), str(tmp_path / "gone.png")]), "image_id": np.array(["1", "2"])}
 
-    out = _udf.read_images(batch)
+    out = _udf.read_images(batch).to_pydict()
 
-    assert list(out["status"]) == ["ok", "read_error"] and out["data"][0] == b"abc" and out["error"][1]
+    assert out["status"] == ["ok", "read_error"] and out["data"][0] == b"abc" and out["error"][1]
+
+
+def test_align_stage_sorts_out_faces_and_bad_landmarks():
+    image = np.zeros((512, 512, 3), np.uint8)
+    good = FFHQ_TEMPLATE_512.reshape(-1)
+    batch = {
+        "status": np.array(["ok", "ok", "ok", "decode_error"]),
+        "error": np.array([None, None, None, "bad"], dtype=object),
+        "width": np.array([512] * 4),
+        "height": np.array([512] * 4),
+        "pixels": np.array([image.tobytes()] * 3 + [None], dtype=object),
+        "landmarks": np.array([np.array([good, good]), np.array([]), np.array([np.full(10, np.nan)]), np.array([])], dtype=object),
+    }
+
+    out = _udf.align_faces(batch).to_pydict()
+
+    assert out["status"] == ["ok", "no_face", "bad_landmarks", "decode_error"]
+    assert [len(c) for c in out["crops"]] == [2, 0, 0, 0] and len(out["affine"][0][0]) == 6
+    np.testing.assert_allclose(np.array(out["affine"][0][0]).reshape(2, 3), [[1, 0, 0], [0, 1, 0]], atol=1e-6)
