@@ -20,6 +20,7 @@ import schemas.images
 import schemas.pasted
 from codeformer_core import align, codec, io, paste
 from codeformer_core.detect import DetectConfig, Detector
+from codeformer_core.parsing import FaceParser
 from codeformer_core.restore import FACE_SIZE, Restorer, as_aligned_face
 from jobs import _ledger
 
@@ -207,18 +208,27 @@ class RestoreFaces:
         return table(batch, status=status, error=error, restored=nested)
 
 
-def paste_back(batch: Batch, upscale: int) -> pa.Table:
-    """The whole image with its restored faces pasted back, for images that have any."""
-    pasted = []
-    for i, faces in enumerate(batch["restored"]):
-        if len(faces) == 0:
-            pasted.append(None)
-            continue
-        image = image_of(batch["pixels"][i], batch["width"][i], batch["height"][i])
-        affines = [np.asarray(a, dtype=np.float64).reshape(2, 3) for a in batch["affine"][i]]
-        out = paste.paste_faces(image, [face_of(f) for f in faces], affines, upscale)
-        pasted.append(codec.encode_png(out))
-    return table(batch, pasted=pasted)
+class PasteFaces:
+    """Actor stage: each whole image with its restored faces pasted back; ParseNet masks with `parse`."""
+
+    def __init__(self, upscale: int, parse: bool, weights_dir: str | None, synthetic: bool) -> None:
+        self.upscale = upscale
+        self.parser = (
+            FaceParser.from_weights(torch.device("cpu"), None, weights_dir, 1 if synthetic else None) if parse else None
+        )
+
+    def __call__(self, batch: Batch) -> pa.Table:
+        pasted = []
+        for i, restored in enumerate(batch["restored"]):
+            if len(restored) == 0:
+                pasted.append(None)
+                continue
+            image = image_of(batch["pixels"][i], batch["width"][i], batch["height"][i])
+            faces = [face_of(f) for f in restored]
+            affines = [np.asarray(a, dtype=np.float64).reshape(2, 3) for a in batch["affine"][i]]
+            masks = self.parser.masks(faces) if self.parser else None
+            pasted.append(codec.encode_png(paste.paste_faces(image, faces, affines, self.upscale, masks)))
+        return table(batch, pasted=pasted)
 
 
 def encode_png(batch: Batch) -> pa.Table:

@@ -67,6 +67,7 @@ class RestoreConfig:
     detector_weights: str | None
     paste: bool
     upscale: int
+    parse: bool
 
 
 def positive_int(text: str) -> int:
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--detect-batch-size", type=positive_int, default=8, help="images per detector forward pass (default 8)")
     d.add_argument("--paste", action="store_true", help="also write pasted/: each whole image with its restored faces pasted back")
     d.add_argument("--upscale", type=int, choices=(1, 2), default=1, help="size factor of pasted images; the background is resized, not restored (default 1)")
+    d.add_argument("--parse", action="store_true", help="with --paste, blend with a ParseNet face-parsing mask instead of the soft square")
     return p
 
 
@@ -125,6 +127,8 @@ def config_from_args(argv: list[str] | None) -> RestoreConfig:
     args = build_parser().parse_args(argv)
     if args.aligned and args.paste:
         raise UsageError("--paste needs whole images; with --aligned there is nothing to paste into")
+    if args.parse and not args.paste:
+        raise UsageError("--parse changes how faces are pasted back; it needs --paste")
     if args.synthetic_weights and args.weights != "codeformer":
         raise UsageError("--synthetic-weights and --weights exclude each other")
     return RestoreConfig(
@@ -155,6 +159,7 @@ def config_from_args(argv: list[str] | None) -> RestoreConfig:
         detector_weights=args.detector_weights,
         paste=args.paste,
         upscale=args.upscale,
+        parse=args.parse,
     )
 
 
@@ -219,6 +224,7 @@ def run_record(cfg: RestoreConfig, weights: WeightsInfo) -> dict:
         "max_pixels": cfg.max_pixels,
         "detect": None if cfg.aligned else asdict(cfg.detect),
         "upscale": cfg.upscale if cfg.paste else None,
+        "parse": cfg.parse,
     }
 
 
@@ -228,6 +234,8 @@ def preflight(cfg: RestoreConfig) -> tuple[pa.Table, WeightsInfo, _ledger.Resume
     _, weights = codeformer_weights(cfg.weights, cfg.weights_dir)
     if needs_detector(cfg, inputs) and not weights.synthetic:
         resolve(cfg.detector_weights or cfg.detect.model, weights_dir=cfg.weights_dir)
+    if cfg.parse and not weights.synthetic:
+        resolve("parsenet", weights_dir=cfg.weights_dir)
     try:
         resume = _ledger.prepare(cfg.output, run_record(cfg, weights), TABLES)
     except OSError as exc:
@@ -300,7 +308,16 @@ def plan(cfg: RestoreConfig, pending: pa.Table, weights: WeightsInfo, run: dict)
         **model_stage,
     )
     if cfg.paste:
-        ds = ds.map_batches(_udf.paste_back, fn_kwargs={"upscale": cfg.upscale}, **cpu_stage)
+        ds = ds.map_batches(
+            _udf.PasteFaces,
+            batch_format="numpy",
+            batch_size=cfg.batch_size,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+            num_cpus=0.5,
+            fn_constructor_kwargs={
+                "upscale": cfg.upscale, "parse": cfg.parse, "weights_dir": cfg.weights_dir, "synthetic": weights.synthetic,
+            },
+        )
     ds = ds.map_batches(_udf.encode_png, **cpu_stage)
     return ds.map_batches(_udf.write_part, fn_kwargs={"output": cfg.output, "run": run}, **cpu_stage)
 

@@ -155,3 +155,20 @@ def test_paste_back_equals_the_helpers(helper, upscale):
 
     assert got.shape == want.shape == (500 * upscale, 700 * upscale, 3)
     assert np.abs(got.astype(int) - want.astype(int)).mean() <= 1
+
+
+def test_paste_back_with_parsing_mask_equals_the_helpers(weights_dir):
+    from codeformer_core.parsing import FaceParser, build_parsenet
+
+    helper = FaceRestoreHelper(1, face_size=512, det_model="retinaface_resnet50", use_parse=True, device=CPU, model_rootpath=str(weights_dir))
+    rng = np.random.default_rng(11)
+    image = scene(500, 700, 12)
+    landmarks = landmarks_of(rng, 2, 500, 700)
+    restored = [synthetic_face(60 + i, degrade=False) for i in range(len(landmarks))]
+    parser = FaceParser(build_parsenet(helper.face_parse.state_dict(), CPU), CPU)
+
+    want = run_helper(helper, image, landmarks, restored)
+    got = paste_faces(image, restored, [estimate_affine(lm) for lm in landmarks], parse_masks=parser.masks(restored))
+
+    assert np.abs(got.astype(int) - want.astype(int)).mean() <= 1
+    assert np.abs(got.astype(int) - image.astype(int)).mean() > 1  # the faces did go in

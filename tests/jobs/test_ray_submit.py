@@ -3,6 +3,7 @@
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -38,7 +39,11 @@ def test_job_runs_through_ray_job_submit(ray_head, tmp_path):
     submit = [RAY, "job", "submit", "--address", address, "--", sys.executable, "-m", "jobs.restore",
               "--input", str(inputs), "--output", str(out), "--aligned", "--synthetic-weights", "--batch-size", "2"]
 
-    result = subprocess.run(submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    for _ in range(30):  # the head's job agent may take a while to come up after `ray start`
+        result = subprocess.run(submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        if "No available agent" not in result.stderr:
+            break
+        time.sleep(2)
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "inputs 2: ok 2" in result.stdout

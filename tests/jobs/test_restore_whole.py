@@ -66,7 +66,7 @@ def whole_run(tmp_path_factory):
     result = run_job(
         "jobs.restore",
         ["--input", str(manifest), "--output", str(out), "--synthetic-weights", "--batch-size", "3",
-         "--paste", "--det-threshold", "1.0"],
+         "--paste", "--parse", "--det-threshold", "1.0"],
         job_env(tmp),
     )
     assert result.returncode == 0, result.stderr[-3000:]
