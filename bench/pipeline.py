@@ -26,18 +26,21 @@ from codeformer_core.weights import build_codeformer, codeformer_weights
 from jobs import restore
 
 
-def end_to_end(folder: Path, output: Path, batch_size: int, limit: int) -> float:
-    """Wall seconds of the job on the first `limit` faces of `folder`, Ray already running."""
-    cfg = restore.config_from_args(
-        ["--input", str(folder), "--output", str(output), "--aligned", "--synthetic-weights",
-         "--batch-size", str(batch_size), "--limit", str(limit)]
-    )
+def end_to_end(argv: list[str], faces: int) -> float:
+    """Wall seconds of the restore job run with `argv` in this process, Ray already running."""
+    cfg = restore.config_from_args(argv)
     start = time.perf_counter()
     uris, weights, _ = restore.preflight(cfg)
     ds = restore.plan(cfg, uris, weights, restore.run_record(cfg, weights))
-    faces = sum(int(n) for batch in ds.iter_batches(batch_size=None, batch_format="numpy") for n in batch["faces"])
-    assert faces == limit
+    restored = sum(int(n) for batch in ds.iter_batches(batch_size=None, batch_format="numpy") for n in batch["faces"])
+    assert restored == faces, f"{restored} faces restored, {faces} expected"
     return time.perf_counter() - start
+
+
+def aligned_run(folder: Path, output: Path, batch_size: int, limit: int) -> float:
+    argv = ["--input", str(folder), "--output", str(output), "--aligned", "--synthetic-weights",
+            "--batch-size", str(batch_size), "--limit", str(limit)]
+    return end_to_end(argv, limit)
 
 
 def model_only(crops: np.ndarray, batch_size: int, threads: int) -> float:
@@ -69,8 +72,8 @@ def main() -> None:
         threads = torch.get_num_threads()
         model_rate = model_only(crops, args.batch_size, threads)  # before Ray starts, which takes CPU of its own
         restore.start_ray(None)
-        small = end_to_end(folder, Path(tmp) / "small", args.batch_size, args.small)
-        large = end_to_end(folder, Path(tmp) / "large", args.batch_size, args.faces)
+        small = aligned_run(folder, Path(tmp) / "small", args.batch_size, args.small)
+        large = aligned_run(folder, Path(tmp) / "large", args.batch_size, args.faces)
     job_rate = (args.faces - args.small) / (large - small)
     print(f"batch {args.batch_size}, fp32 on CPU, {threads} torch threads")
     print(f"end to end : {job_rate:.4f} faces/s ({args.small} faces in {small:.1f} s, {args.faces} in {large:.1f} s)")

@@ -11,6 +11,7 @@ Coordinates come back in the original image.
 from __future__ import annotations
 
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -50,7 +51,9 @@ class Face:
 def build_retinaface(model: str, state_dict: dict[str, torch.Tensor] | None, device: torch.device) -> RetinaFace:
     if model not in MODELS:
         raise ValueError(f"unknown detector {model!r}; choose one of {', '.join(MODELS)}")
-    net = RetinaFace(network_name=MODELS[model], half=False, device=device)
+    with warnings.catch_warnings():  # facexlib builds its backbone with torchvision's deprecated `pretrained=False`
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+        net = RetinaFace(network_name=MODELS[model], half=False, device=device)
     if state_dict is not None:
         net.load_state_dict({k.removeprefix("module."): v for k, v in state_dict.items()}, strict=True)
     return net.to(device).eval()

@@ -65,6 +65,17 @@ def short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
 
 
+def as_batch(t: pa.Table) -> Batch:
+    """The numpy batch Ray would hand the next stage, for stages chained inside one actor."""
+    batch = {}
+    for name in t.column_names:
+        column = np.empty(t.num_rows, dtype=object)
+        for i, value in enumerate(t.column(name).to_pylist()):
+            column[i] = value
+        batch[name] = column
+    return batch
+
+
 def image_of(row_pixels: bytes, width: int, height: int) -> np.ndarray:
     return np.frombuffer(row_pixels, np.uint8).reshape(int(height), int(width), 3)
 
@@ -206,6 +217,17 @@ class RestoreFaces:
                 if faces:
                     status[i], error[i] = "restore_error", short_error(exc)
         return table(batch, status=status, error=error, restored=nested)
+
+
+class DetectAndRestoreFaces:
+    """Actor stage holding both networks: detect, align and restore in one call (`--detect-layout fused`)."""
+
+    def __init__(self, detect: dict, restore: dict) -> None:
+        self.detect = DetectFaces(**detect)
+        self.restore = RestoreFaces(**restore)
+
+    def __call__(self, batch: Batch) -> pa.Table:
+        return self.restore(as_batch(align_faces(as_batch(self.detect(batch)))))
 
 
 class PasteFaces:

@@ -36,6 +36,7 @@ from codeformer_core.weights import SYNTHETIC_SPEC_PREFIX, WeightsError, Weights
 from jobs import _ledger, _udf
 
 TABLES = ("images", "faces", "pasted")
+LAYOUTS = ("separate", "fused")
 LANDMARKS_COLUMN = "landmarks"
 SYNTHETIC_NOTE = (
     "NOTE: SYNTHETIC WEIGHTS. The network ran with random weights in the official layout, not the trained "
@@ -65,6 +66,7 @@ class RestoreConfig:
     ray_address: str | None
     detect: DetectConfig
     detector_weights: str | None
+    detect_layout: str
     paste: bool
     upscale: int
     parse: bool
@@ -117,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--only-center-face", action="store_true", help="keep only the face nearest the image centre")
     d.add_argument("--det-input-size", type=positive_int, default=640, help="short side images are rescaled to for detection (default 640, as the official helper)")
     d.add_argument("--detect-batch-size", type=positive_int, default=8, help="images per detector forward pass (default 8)")
+    d.add_argument(
+        "--detect-layout",
+        choices=LAYOUTS,
+        default="separate",
+        help="separate: the detector runs in its own actor pool, ahead of the restorers; fused: each restoration "
+        "actor holds the detector too and detects, aligns and restores in one call (default separate; "
+        "docs/BENCHMARKS.md has the measurement)",
+    )
     d.add_argument("--paste", action="store_true", help="also write pasted/: each whole image with its restored faces pasted back")
     d.add_argument("--upscale", type=int, choices=(1, 2), default=1, help="size factor of pasted images; the background is resized, not restored (default 1)")
     d.add_argument("--parse", action="store_true", help="with --paste, blend with a ParseNet face-parsing mask instead of the soft square")
@@ -157,6 +167,7 @@ def config_from_args(argv: list[str] | None) -> RestoreConfig:
             batch_size=args.detect_batch_size,
         ),
         detector_weights=args.detector_weights,
+        detect_layout=args.detect_layout,
         paste=args.paste,
         upscale=args.upscale,
         parse=args.parse,
@@ -265,48 +276,56 @@ def plan(cfg: RestoreConfig, pending: pa.Table, weights: WeightsInfo, run: dict)
     actors = cfg.actors or max(gpus, 1)
     threads = cfg.threads_per_actor or (None if gpus else max(1, (os.cpu_count() or 1) // actors))
     device = "cuda" if gpus else "cpu"
+    detecting = not cfg.aligned and needs_detector(cfg, pending)
+    fused = detecting and cfg.detect_layout == "fused"
     # Logical CPUs, for scheduling only (torch threads are set apart): two model pools plus the
     # CPU stages must fit on a 2-CPU machine, and CPU stages must ask for a different amount than
-    # the model actors, or Ray fuses them into the actors and they stop overlapping.
-    model_stage = {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=actors), "num_gpus": 1 if gpus else 0, "num_cpus": 0.5}
+    # the model actors, or Ray fuses them into the actors and they stop overlapping. On GPUs, a
+    # separate detector takes a quarter of a GPU so that it shares each GPU with one restorer.
+    restore_gpus = 0 if not gpus else 0.75 if detecting and not fused else 1
+    detect_stage = {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=actors), "num_gpus": 0.25 if gpus else 0, "num_cpus": 0.5}
+    restore_stage = {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=actors), "num_gpus": restore_gpus, "num_cpus": 0.5}
     cpu_stage = {"batch_format": "numpy", "batch_size": cfg.batch_size, "num_cpus": 0.25}
     blocks = [pending.slice(i, cfg.batch_size) for i in range(0, pending.num_rows, cfg.batch_size)]
+    detect_kwargs = {
+        "config": cfg.detect,
+        "weights": cfg.detector_weights,
+        "weights_dir": cfg.weights_dir,
+        "synthetic": weights.synthetic,
+        "device": device,
+        "threads": threads,
+    }
+    restore_kwargs = {
+        "weights": cfg.weights,
+        "weights_dir": cfg.weights_dir,
+        "expected_sha256": weights.sha256,
+        "device": device,
+        "batch_size": cfg.batch_size,
+        "fidelity": cfg.fidelity,
+        "threads": threads,
+    }
 
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(_udf.read_images, **cpu_stage)
     ds = ds.map_batches(_udf.decode_images, fn_kwargs={"max_pixels": cfg.max_pixels, "aligned": cfg.aligned}, **cpu_stage)
-    if not cfg.aligned:
-        if needs_detector(cfg, pending):
+    if fused:
+        ds = ds.map_batches(
+            _udf.DetectAndRestoreFaces,
+            batch_format="numpy",
+            batch_size=cfg.detect.batch_size,
+            fn_constructor_kwargs={"detect": detect_kwargs, "restore": restore_kwargs},
+            **restore_stage,
+        )
+    else:
+        if detecting:
             ds = ds.map_batches(
-                _udf.DetectFaces,
-                batch_format="numpy",
-                batch_size=cfg.detect.batch_size,
-                fn_constructor_kwargs={
-                    "config": cfg.detect,
-                    "weights": cfg.detector_weights,
-                    "weights_dir": cfg.weights_dir,
-                    "synthetic": weights.synthetic,
-                    "device": device,
-                    "threads": threads,
-                },
-                **model_stage,
+                _udf.DetectFaces, batch_format="numpy", batch_size=cfg.detect.batch_size, fn_constructor_kwargs=detect_kwargs, **detect_stage
             )
-        ds = ds.map_batches(_udf.align_faces, **cpu_stage)
-    ds = ds.map_batches(
-        _udf.RestoreFaces,
-        batch_format="numpy",
-        batch_size=cfg.batch_size,
-        fn_constructor_kwargs={
-            "weights": cfg.weights,
-            "weights_dir": cfg.weights_dir,
-            "expected_sha256": weights.sha256,
-            "device": device,
-            "batch_size": cfg.batch_size,
-            "fidelity": cfg.fidelity,
-            "threads": threads,
-        },
-        **model_stage,
-    )
+        if not cfg.aligned:
+            ds = ds.map_batches(_udf.align_faces, **cpu_stage)
+        ds = ds.map_batches(
+            _udf.RestoreFaces, batch_format="numpy", batch_size=cfg.batch_size, fn_constructor_kwargs=restore_kwargs, **restore_stage
+        )
     if cfg.paste:
         ds = ds.map_batches(
             _udf.PasteFaces,

@@ -115,3 +115,27 @@ def test_pasted_images_have_the_input_size(whole_run):
     assert group.shape == (600, 800, 3)
     far = (slice(0, 40), slice(300, 400))  # background no face covers
     assert np.array_equal(group[far], whole_run["group"][far])
+
+
+def test_detected_faces_are_the_same_in_both_layouts(tmp_path):
+    """The detector in its own actor pool or inside the restoration actor: same faces, same lineage."""
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    scene = np.full((480, 640, 3), 100, np.uint8)
+    scene[:240, :240] = synthetic_face(3, 240)
+    cv2.imwrite(str(folder / "scene.png"), scene)
+    faces = {}
+    for layout in ("separate", "fused"):
+        out = tmp_path / layout
+        result = run_job(
+            "jobs.restore",
+            ["--input", str(folder), "--output", str(out), "--synthetic-weights", "--max-faces", "1", "--detect-layout", layout],
+            job_env(tmp_path),
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert pq.read_table(out / "images").column("status").to_pylist() == ["ok"]
+        faces[layout] = pq.read_table(out / "faces").to_pandas()
+        assert len(faces[layout]) == 1 and len(faces[layout].bbox[0]) == 4 and faces[layout].det_score[0] > 0.8
+    for column in ("bbox", "det_score", "landmarks", "affine"):
+        np.testing.assert_array_equal(np.stack(faces["separate"][column]), np.stack(faces["fused"][column]), err_msg=column)
+    assert faces["separate"].input_crop[0]["bytes"] == faces["fused"].input_crop[0]["bytes"]

@@ -53,3 +53,41 @@ def test_align_stage_sorts_out_faces_and_bad_landmarks():
     assert out["status"] == ["ok", "no_face", "bad_landmarks", "decode_error"]
     assert [len(c) for c in out["crops"]] == [2, 0, 0, 0] and len(out["affine"][0][0]) == 6
     np.testing.assert_allclose(np.array(out["affine"][0][0]).reshape(2, 3), [[1, 0, 0], [0, 1, 0]], atol=1e-6)
+
+
+def numpy_batch(table):
+    """How Ray Data hands an Arrow block to the next stage as numpy."""
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+def test_fused_actor_gives_what_the_separate_stages_give():
+    """Detector and restorer in one actor: the same faces, crops and restored pixels as the three stages in turn."""
+    from codeformer_core.detect import DetectConfig
+    from codeformer_core.weights import SYNTHETIC_SPEC_PREFIX, codeformer_weights
+
+    scene = np.full((480, 640, 3), 100, np.uint8)
+    scene[:240, :240] = synthetic_face(3, 240)
+    batch = {
+        "source_uri": np.array(["scene.png"]),
+        "image_id": np.array(["1"]),
+        "status": np.array(["ok"]),
+        "error": np.array([None], dtype=object),
+        "width": np.array([640]),
+        "height": np.array([480]),
+        "pixels": np.array([scene.tobytes()], dtype=object),
+    }
+    spec = f"{SYNTHETIC_SPEC_PREFIX}1"
+    detect = {"config": DetectConfig(max_faces=1), "weights": None, "weights_dir": None,
+              "synthetic": True, "device": "cpu", "threads": None}
+    restore = {"weights": spec, "weights_dir": None, "expected_sha256": codeformer_weights(spec)[1].sha256,
+               "device": "cpu", "batch_size": 1, "fidelity": 0.5, "threads": None}
+
+    fused = _udf.DetectAndRestoreFaces(detect, restore)(batch).to_pydict()
+    detected = _udf.DetectFaces(**detect)(batch)
+    aligned = _udf.align_faces(numpy_batch(detected))
+    separate = _udf.RestoreFaces(**restore)(numpy_batch(aligned)).to_pydict()
+
+    assert fused["status"] == separate["status"] == ["ok"]
+    assert len(fused["restored"][0]) == 1
+    for column in ("landmarks", "det_score", "affine", "crops", "restored"):
+        assert fused[column] == separate[column], column
