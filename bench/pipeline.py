@@ -23,7 +23,7 @@ import torch
 from codeformer_core.restore import Restorer
 from codeformer_core.samples import synthetic_face
 from codeformer_core.weights import build_codeformer, codeformer_weights
-from jobs import restore
+from jobs import _common, restore
 
 
 def end_to_end(argv: list[str], faces: int) -> float:
@@ -32,7 +32,7 @@ def end_to_end(argv: list[str], faces: int) -> float:
     start = time.perf_counter()
     uris, weights, _ = restore.preflight(cfg)
     ds = restore.plan(cfg, uris, weights, restore.run_record(cfg, weights))
-    restored = sum(int(n) for batch in ds.iter_batches(batch_size=None, batch_format="numpy") for n in batch["faces"])
+    restored = sum(int(n) for batch in ds.iter_batches(batch_size=None, batch_format="numpy") for n in batch["items"])
     assert restored == faces, f"{restored} faces restored, {faces} expected"
     return time.perf_counter() - start
 
@@ -71,7 +71,7 @@ def main() -> None:
             cv2.imwrite(str(folder / f"face_{i:04d}.png"), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
         threads = torch.get_num_threads()
         model_rate = model_only(crops, args.batch_size, threads)  # before Ray starts, which takes CPU of its own
-        restore.start_ray(None)
+        _common.start_ray(None)
         small = aligned_run(folder, Path(tmp) / "small", args.batch_size, args.small)
         large = aligned_run(folder, Path(tmp) / "large", args.batch_size, args.faces)
     job_rate = (args.faces - args.small) / (large - small)

@@ -34,7 +34,7 @@ class OutputMismatchError(Exception):
 class Resume:
     done_ids: frozenset[str]
     statuses: dict[str, int]
-    faces: int
+    items: int  # faces restored or pairs made, as the job counts them
     orphans_removed: int
 
 
@@ -43,18 +43,28 @@ def new_part_name() -> str:
 
 
 def write_part(
-    output: str, part: str, tables: dict[str, pa.Table], image_ids: list[str], statuses: dict[str, int], faces: int
+    output: str,
+    part: str,
+    tables: dict[str, pa.Table],
+    image_ids: list[str],
+    statuses: dict[str, int],
+    items: int,
+    files: dict[str, bytes] | None = None,
 ) -> None:
-    """Write each non-empty table to `<output>/<name>/<part>.parquet`, then commit them together."""
-    files = []
+    """Write each non-empty table to `<output>/<name>/<part>.parquet` and each of `files` (relative
+    path -> bytes) to its place, then commit them together."""
+    written = []
     for name, table in tables.items():
         if table.num_rows:
             rel = f"{name}/{part}.parquet"
             filesystem, path = io.filesystem_and_path(io.join(output, rel))
             filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
             pq.write_table(table, path, filesystem=filesystem)
-            files.append(rel)
-    record = {"part": part, "files": files, "image_ids": image_ids, "statuses": statuses, "faces": faces}
+            written.append(rel)
+    for rel, data in (files or {}).items():
+        io.write_bytes(io.join(output, rel), data)
+        written.append(rel)
+    record = {"part": part, "files": written, "image_ids": image_ids, "statuses": statuses, "items": items}
     io.write_bytes(io.join(output, COMMITS, f"{part}.json"), json.dumps(record).encode())
 
 
@@ -62,7 +72,7 @@ def _read_json(uri: str) -> dict:
     return json.loads(io.read_bytes(uri))
 
 
-def prepare(output: str, run: dict, tables: tuple[str, ...]) -> Resume:
+def prepare(output: str, run: dict, folders: tuple[str, ...]) -> Resume:
     """Check that `output` holds nothing or an earlier run of the same settings, drop orphans, list done ids."""
     record_uri = io.join(output, RUN_RECORD)
     if io.file_size(record_uri) is not None:
@@ -81,9 +91,7 @@ def prepare(output: str, run: dict, tables: tuple[str, ...]) -> Resume:
     with ThreadPoolExecutor(READ_THREADS) as pool:
         records = list(pool.map(_read_json, commit_uris))
     present = {
-        f"{table}/{uri.rsplit('/', 1)[1]}"
-        for table in tables
-        for uri in io.list_files(io.join(output, table), suffix=".parquet")
+        f"{folder}/{uri.rsplit('/', 1)[1]}" for folder in folders for uri in io.list_files(io.join(output, folder))
     }
     # A record whose files are gone (removed by hand, or a write that outlived its crashed
     # driver and committed after a rerun swept its files) does not count: its inputs are redone.
@@ -101,6 +109,6 @@ def prepare(output: str, run: dict, tables: tuple[str, ...]) -> Resume:
     return Resume(
         done_ids=frozenset(i for r in records for i in r["image_ids"]),
         statuses=dict(statuses),
-        faces=sum(r["faces"] for r in records),
+        items=sum(r["items"] for r in records),
         orphans_removed=len(orphans),
     )

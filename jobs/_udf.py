@@ -318,4 +318,4 @@ def write_part(batch: Batch, output: str, run: dict) -> Batch:
         tables["pasted"] = pa.Table.from_pylist(pasted, schema=schemas.pasted.SCHEMA)
     statuses = Counter(str(s) for s in batch["status"])
     _ledger.write_part(output, _ledger.new_part_name(), tables, image_ids, dict(statuses), len(faces))
-    return {"inputs": np.array([n]), "faces": np.array([len(faces)]), "statuses": np.array([json.dumps(statuses)])}
+    return {"inputs": np.array([n]), "items": np.array([len(faces)]), "statuses": np.array([json.dumps(statuses)])}

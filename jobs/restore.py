@@ -15,37 +15,27 @@ finishes the output without duplicating rows; a finished output is left as it is
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import logging
 import os
 import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 import codeformer_core
-from codeformer_core import io
 from codeformer_core.codec import DEFAULT_MAX_PIXELS
-from codeformer_core.detect import MODELS, DetectConfig
+from codeformer_core.detect import DetectConfig
 from codeformer_core.weights import SYNTHETIC_SPEC_PREFIX, WeightsError, WeightsInfo, codeformer_weights, resolve
-from jobs import _ledger, _udf
+from jobs import _common, _ledger, _udf
+from jobs._common import UsageError, list_inputs, positive_int
 
 TABLES = ("images", "faces", "pasted")
 LAYOUTS = ("separate", "fused")
-LANDMARKS_COLUMN = "landmarks"
 SYNTHETIC_NOTE = (
     "NOTE: SYNTHETIC WEIGHTS. The network ran with random weights in the official layout, not the trained "
     "CodeFormer: every stage ran for real, but the 'restored' faces are noise. Outputs are marked weights_synthetic."
 )
-
-
-class UsageError(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -70,13 +60,6 @@ class RestoreConfig:
     paste: bool
     upscale: int
     parse: bool
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def fidelity_weight(text: str) -> float:
@@ -109,16 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads-per-actor", type=positive_int, default=None, help="torch threads of each CPU actor (default: the node's cores divided by --actors)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the network runs: auto picks GPUs when the cluster has them (default auto)")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started for this job)")
-    d = p.add_argument_group("faces in whole images (without --aligned)")
-    d.add_argument("--detector", choices=tuple(MODELS), default="retinaface_resnet50", help="RetinaFace backbone (default retinaface_resnet50)")
-    d.add_argument("--detector-weights", default=None, help="detector checkpoint path or s3:// URI (default: the official file, found like --weights)")
-    d.add_argument("--det-threshold", type=float, default=0.8, help="minimum detection confidence (default 0.8)")
-    d.add_argument("--nms-threshold", type=float, default=0.4, help="IoU above which overlapping boxes are suppressed (default 0.4)")
-    d.add_argument("--min-face-size", type=float, default=0.0, help="drop faces whose box is smaller than this many pixels (default 0)")
-    d.add_argument("--max-faces", type=positive_int, default=None, help="keep at most this many faces per image, best first")
-    d.add_argument("--only-center-face", action="store_true", help="keep only the face nearest the image centre")
-    d.add_argument("--det-input-size", type=positive_int, default=640, help="short side images are rescaled to for detection (default 640, as the official helper)")
-    d.add_argument("--detect-batch-size", type=positive_int, default=8, help="images per detector forward pass (default 8)")
+    d = _common.add_detect_arguments(p)
     d.add_argument(
         "--detect-layout",
         choices=LAYOUTS,
@@ -156,72 +130,13 @@ def config_from_args(argv: list[str] | None) -> RestoreConfig:
         threads_per_actor=args.threads_per_actor,
         device=args.device,
         ray_address=args.ray_address,
-        detect=DetectConfig(
-            model=args.detector,
-            conf_threshold=args.det_threshold,
-            nms_threshold=args.nms_threshold,
-            min_face_size=args.min_face_size,
-            max_faces=args.max_faces,
-            only_center_face=args.only_center_face,
-            input_size=args.det_input_size,
-            batch_size=args.detect_batch_size,
-        ),
+        detect=_common.detect_config(args),
         detector_weights=args.detector_weights,
         detect_layout=args.detect_layout,
         paste=args.paste,
         upscale=args.upscale,
         parse=args.parse,
     )
-
-
-def image_id(uri: str) -> str:
-    return hashlib.sha256(uri.encode("utf-8")).hexdigest()[:20]
-
-
-def parse_landmarks(value: object) -> list[list[float]] | None:
-    """A manifest cell -> a list of faces of 10 numbers each; a JSON string (CSV) or nested lists.
-
-    An empty cell means: no landmarks given, detect."""
-    if value is None or value == "":
-        return None
-    faces = json.loads(value) if isinstance(value, str) else value
-    return [[float(v) for v in np.asarray(face, dtype=np.float64).reshape(-1)] for face in faces]
-
-
-def list_inputs(cfg: RestoreConfig) -> pa.Table:
-    """`source_uri` (and `manifest_landmarks` when the manifest has them), each input once, sorted, cut to --limit."""
-    try:
-        if io.is_manifest(cfg.input):
-            manifest = io.read_manifest(cfg.input, cfg.uri_column)
-        else:
-            manifest = pa.table({"source_uri": io.list_images(cfg.input)})
-    except FileNotFoundError:
-        raise UsageError(f"input {cfg.input} does not exist") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read input {cfg.input}: {exc}") from None
-    rows = {}
-    landmarks = manifest.column(LANDMARKS_COLUMN).to_pylist() if LANDMARKS_COLUMN in manifest.column_names else None
-    for i, uri in enumerate(manifest.column("source_uri").to_pylist()):
-        rows.setdefault(uri, i)
-    uris = sorted(rows)[: cfg.limit] if cfg.limit else sorted(rows)
-    if not uris:
-        raise UsageError(f"no images (jpg, jpeg, png, webp, bmp) found under {cfg.input}")
-    inputs = pa.table({"source_uri": uris, "image_id": [image_id(u) for u in uris]})
-    if landmarks is None:
-        return inputs
-    try:
-        faces = [parse_landmarks(landmarks[rows[u]]) for u in uris]
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"manifest column {LANDMARKS_COLUMN!r} must hold lists of 10 numbers per face: {exc}") from None
-    return inputs.append_column("manifest_landmarks", pa.array(faces, pa.list_(pa.list_(pa.float64()))))
-
-
-def needs_detector(cfg: RestoreConfig, inputs: pa.Table) -> bool:
-    if cfg.aligned:
-        return False
-    if "manifest_landmarks" not in inputs.column_names:
-        return True
-    return inputs.column("manifest_landmarks").null_count > 0
 
 
 def run_record(cfg: RestoreConfig, weights: WeightsInfo) -> dict:
@@ -241,9 +156,9 @@ def run_record(cfg: RestoreConfig, weights: WeightsInfo) -> dict:
 
 def preflight(cfg: RestoreConfig) -> tuple[pa.Table, WeightsInfo, _ledger.Resume]:
     """Everything that can stop the job, checked before any work is started."""
-    inputs = list_inputs(cfg)
+    inputs = list_inputs(cfg.input, cfg.uri_column, cfg.limit)
     _, weights = codeformer_weights(cfg.weights, cfg.weights_dir)
-    if needs_detector(cfg, inputs) and not weights.synthetic:
+    if _common.needs_detector(cfg.aligned, inputs) and not weights.synthetic:
         resolve(cfg.detector_weights or cfg.detect.model, weights_dir=cfg.weights_dir)
     if cfg.parse and not weights.synthetic:
         resolve("parsenet", weights_dir=cfg.weights_dir)
@@ -252,19 +167,6 @@ def preflight(cfg: RestoreConfig) -> tuple[pa.Table, WeightsInfo, _ledger.Resume
     except OSError as exc:
         raise UsageError(f"cannot write to output {cfg.output}: {exc}") from None
     return inputs, weights, resume
-
-
-def start_ray(address: str | None) -> None:
-    import ray
-
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, logging_level="ERROR")
-    else:
-        ray.init(address="local", include_dashboard=False, logging_level="ERROR")
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def plan(cfg: RestoreConfig, pending: pa.Table, weights: WeightsInfo, run: dict):
@@ -276,7 +178,7 @@ def plan(cfg: RestoreConfig, pending: pa.Table, weights: WeightsInfo, run: dict)
     actors = cfg.actors or max(gpus, 1)
     threads = cfg.threads_per_actor or (None if gpus else max(1, (os.cpu_count() or 1) // actors))
     device = "cuda" if gpus else "cpu"
-    detecting = not cfg.aligned and needs_detector(cfg, pending)
+    detecting = not cfg.aligned and _common.needs_detector(cfg.aligned, pending)
     fused = detecting and cfg.detect_layout == "fused"
     # Logical CPUs, for scheduling only (torch threads are set apart): two model pools plus the
     # CPU stages must fit on a 2-CPU machine, and CPU stages must ask for a different amount than
@@ -365,35 +267,20 @@ def main(argv: list[str] | None = None) -> int:
     if weights.synthetic:
         print(SYNTHETIC_NOTE, file=sys.stderr)
 
-    done = pa.array(sorted(resume.done_ids), pa.string())
-    pending = inputs.filter(pc.invert(pc.is_in(inputs.column("image_id"), value_set=done)))
-    total = inputs.num_rows
+    pending = _common.pending_inputs(inputs, resume)
     statuses = Counter(resume.statuses)
-    faces = resume.faces
-    print(
-        f"{total} inputs: {total - pending.num_rows} already done, {pending.num_rows} to process"
-        + (f" ({resume.orphans_removed} unfinished part files from an earlier run removed)" if resume.orphans_removed else ""),
-        file=sys.stderr,
-    )
     start = time.monotonic()
     new_faces = 0
     if pending.num_rows:
-        from tqdm import tqdm
-
         try:
-            start_ray(cfg.ray_address)
+            _common.start_ray(cfg.ray_address)
             ds = plan(cfg, pending, weights, run_record(cfg, weights))
         except UsageError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        with tqdm(total=pending.num_rows, unit="img", desc="restore", file=sys.stderr) as bar:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                for n, k, st in zip(batch["inputs"], batch["faces"], batch["statuses"]):
-                    statuses.update(json.loads(st))
-                    faces += int(k)
-                    new_faces += int(k)
-                    bar.update(int(n))
-                    bar.set_postfix(faces=faces, faces_per_s=f"{new_faces / max(time.monotonic() - start, 1e-9):.3f}")
+        new_faces = _common.drive(ds, pending.num_rows, statuses, "restore", "faces")
+    faces = resume.items + new_faces
+    total = inputs.num_rows
     print(summarize(cfg, total, statuses, faces, time.monotonic() - start, new_faces, weights))
     return 0
 

@@ -24,7 +24,7 @@ def test_committed_parts_are_done_and_counted(tmp_path):
     resume = _ledger.prepare(out, RUN, ("images", "faces"))
 
     assert resume.done_ids == {"1", "2", "3"}
-    assert resume.statuses == {"ok": 2, "empty": 1} and resume.faces == 1
+    assert resume.statuses == {"ok": 2, "empty": 1} and resume.items == 1
     assert not (tmp_path / "faces" / "part-b.parquet").exists()  # empty tables are not written
 
 

@@ -1,0 +1,25 @@
+"""`images/` of the pairs job: exactly one row per input image, whatever happened to it."""
+
+import pyarrow as pa
+
+from schemas import versioned
+
+VERSION = 1
+
+SCHEMA = versioned(
+    "pair_images",
+    VERSION,
+    [
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # "ok" or a short reason: decode_error, no_face, ...
+        pa.field("error", pa.string()),  # null when ok
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("num_faces", pa.int32(), nullable=False),
+        pa.field("num_pairs", pa.int32(), nullable=False),
+        pa.field("preset", pa.string(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("code_version", pa.string(), nullable=False),
+    ],
+)
