@@ -107,9 +107,15 @@ def load_config(path: str | Path) -> DegradeConfig:
     if str(path).endswith((".yaml", ".yml")):
         import yaml
 
-        values = yaml.safe_load(text)
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path} is not valid YAML: {exc}") from None
     else:
-        values = json.loads(text)
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of settings")
     return config_from_mapping(values)
