@@ -100,7 +100,7 @@ def main() -> None:
             f" ratio ours/loop {loop_s / ours_s:.2f}"
         )
     diff = np.abs(np.stack(lq_ours).astype(np.int16) - np.stack(lq_loop).astype(np.int16))
-    print(f"LQ difference ours vs loop: max {diff.max()} grey levels, mean {diff.mean():.4f}")
+    print(f"LQ difference ours vs loop: max {diff.max()} grey levels, mean {diff.mean():.2e}")
 
 
 if __name__ == "__main__":
