@@ -1,20 +1,27 @@
-"""LQ/HQ pair synthesis throughput: `degrade.degrade` (batched, torch) against a per-image OpenCV loop.
+"""LQ/HQ pair synthesis throughput: `degrade.degrade` (torch) against a per-image OpenCV loop.
 
 Both make the LQ image of the same clean synthetic faces with the same parameters, sampled as
 the pairs job does (`sample_params(default_rng(pair_seed(0, id, 0, 0)), preset)`). The loop is
 the straightforward way to write the CodeFormer degradation: `cv2.filter2D` with the float32
 kernel, `cv2.resize` (INTER_LINEAR) down to int(512 // r), numpy noise from the same seed and
 shape as `degrade.add_noise`, rounding to uint8 and `degrade.jpeg`, `cv2.resize` back, then
-jitter and grey. Each method is timed with 1 thread (torch and OpenCV; the pairs job runs one
-single-threaded degradation actor per core) and with all of them: median of --repeats runs
-after a warm-up, in pairs/s. The max and mean abs difference between the two methods' LQ images
-is printed too: close but not identical, as float summation order differs (FFT against OpenCV's
-filter) and JPEG can turn a 1-level difference into more.
+jitter and grey.
+
+Timed, as median pairs/s of --repeats runs after a warm-up:
+- one core: each method in this process with 1 thread (torch and OpenCV);
+- the whole CPU: each method in one single-threaded process per core, the pairs split between
+  them, which is how the pairs job runs (one degradation actor per core, torch pinned to 1
+  thread); and the loop once more in this process with OpenCV's own threads, as a user would
+  run it.
+The max and mean abs difference between the two methods' LQ images is printed too: close but
+not identical, as float summation order differs and JPEG can turn a 1-level difference into more.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -39,8 +46,8 @@ def loop_one(hq: np.ndarray, p: DegradeParams) -> np.ndarray:
     image = cv2.filter2D(hq.astype(np.float32) / 255, -1, kernel)
     small = int(degrade.SIZE // p.scale)
     image = cv2.resize(image, (small, small), interpolation=cv2.INTER_LINEAR)
-    noise = np.random.default_rng(p.noise_seed).standard_normal((3, small, small), dtype=np.float32)
-    image = np.clip(image + (noise * np.float32(p.noise_sigma / 255)).transpose(1, 2, 0), 0, 1)
+    noise = np.random.default_rng(p.noise_seed).standard_normal((small, small, 3), dtype=np.float32)
+    image = np.clip(image + noise * np.float32(p.noise_sigma / 255), 0, 1)
     image = degrade.jpeg(to_uint8(image), p.jpeg_quality).astype(np.float32) / 255
     image = cv2.resize(image, (degrade.SIZE, degrade.SIZE), interpolation=cv2.INTER_LINEAR)
     if p.color_jitter:
@@ -61,8 +68,36 @@ def ours(hq: list[np.ndarray], params: list[DegradeParams], batch_size: int) -> 
     return out
 
 
-def timed(fn: Callable[[], list[np.ndarray]], repeats: int) -> tuple[float, list[np.ndarray]]:
-    """Median wall seconds of `repeats` runs after a warm-up, and the warm-up's output."""
+def workload(images: int, preset: str) -> tuple[list[np.ndarray], list[DegradeParams]]:
+    config = degrade.PRESETS[preset]
+    hq = [synthetic_face(i, degrade=False) for i in range(images)]
+    params = [
+        degrade.sample_params(np.random.default_rng(degrade.pair_seed(0, f"synthetic_{i:04d}", 0, 0)), config)
+        for i in range(images)
+    ]
+    return hq, params
+
+
+_shard: tuple[list[np.ndarray], list[DegradeParams]] = ([], [])
+
+
+def load_shard(images: int, preset: str, index: int, count: int) -> None:
+    """Pool initializer: this worker's share of the workload, single-threaded."""
+    global _shard
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    hq, params = workload(images, preset)
+    _shard = (hq[index::count], params[index::count])
+
+
+def run_shard(task: tuple[str, int]) -> int:
+    method, batch_size = task
+    hq, params = _shard
+    return len(ours(hq, params, batch_size) if method == "ours" else loop(hq, params))
+
+
+def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
+    """Median wall seconds of `repeats` runs after a warm-up, and the warm-up's result."""
     result = fn()
     times = []
     for _ in range(repeats):
@@ -70,6 +105,10 @@ def timed(fn: Callable[[], list[np.ndarray]], repeats: int) -> tuple[float, list
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
+
+
+def report(label: str, images: int, ours_s: float, loop_s: float) -> None:
+    print(f"{label}: ours {images / ours_s:.2f} pairs/s, OpenCV loop {images / loop_s:.2f} pairs/s, ratio ours/loop {loop_s / ours_s:.2f}")
 
 
 def main() -> None:
@@ -80,26 +119,35 @@ def main() -> None:
     parser.add_argument("--preset", default="codeformer-paper", choices=sorted(degrade.PRESETS), help="parameter ranges (default codeformer-paper)")
     args = parser.parse_args()
 
-    config = degrade.PRESETS[args.preset]
-    hq = [synthetic_face(i, degrade=False) for i in range(args.images)]
-    params = [
-        degrade.sample_params(np.random.default_rng(degrade.pair_seed(0, f"synthetic_{i:04d}", 0, 0)), config)
-        for i in range(args.images)
-    ]
-    all_threads = torch.get_num_threads()
+    cores = os.cpu_count() or 1
     print(f"{args.images} pairs 512x512, preset {args.preset}, ours at batch {args.batch_size}, median of {args.repeats} runs")
-    lq_ours: list[np.ndarray] = []
-    lq_loop: list[np.ndarray] = []
-    for threads in sorted({1, all_threads}):
-        torch.set_num_threads(threads)
-        cv2.setNumThreads(threads)
-        ours_s, lq_ours = timed(lambda: ours(hq, params, args.batch_size), args.repeats)
-        loop_s, lq_loop = timed(lambda: loop(hq, params), args.repeats)
-        print(
-            f"{threads} thread(s): ours {args.images / ours_s:.2f} pairs/s, OpenCV loop {args.images / loop_s:.2f} pairs/s,"
-            f" ratio ours/loop {loop_s / ours_s:.2f}"
-        )
-    diff = np.abs(np.stack(lq_ours).astype(np.int16) - np.stack(lq_loop).astype(np.int16))
+    # Set before the workers start: numpy's BLAS and OpenMP read these once, and torch.set_num_threads
+    # does not reach them (Ray sets OMP_NUM_THREADS in its workers the same way).
+    os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    context = multiprocessing.get_context("spawn")
+
+    def in_processes(method: str, count: int) -> float:
+        pools = [context.Pool(1, load_shard, (args.images, args.preset, i, count)) for i in range(count)]
+
+        def run() -> None:
+            pending = [pool.apply_async(run_shard, ((method, args.batch_size),)) for pool in pools]
+            assert sum(p.get() for p in pending) == args.images
+
+        seconds, _ = timed(run, args.repeats)
+        for pool in pools:
+            pool.close()
+        return seconds
+
+    one = {method: in_processes(method, 1) for method in ("ours", "loop")}
+    report("one core (1 single-threaded process each)", args.images, one["ours"], one["loop"])
+    whole = {method: in_processes(method, cores) for method in ("ours", "loop")}
+    report(f"whole CPU ({cores} single-threaded processes each)", args.images, whole["ours"], whole["loop"])
+    hq, params = workload(args.images, args.preset)
+    threaded_s, lq_loop = timed(lambda: loop(hq, params), args.repeats)
+    report(f"whole CPU, ours as above, the loop in this process with OpenCV's {cv2.getNumThreads()} threads", args.images, whole["ours"], threaded_s)
+
+    lq_ours = ours(hq, params, args.batch_size)
+    diff = np.abs(np.stack(lq_ours).astype(np.int16) - np.stack(lq_loop).astype(np.int16))  # type: ignore[arg-type]
     print(f"LQ difference ours vs loop: max {diff.max()} grey levels, mean {diff.mean():.2e}")
 
 

@@ -57,17 +57,39 @@ def as_tensor(rgb):
 def test_blur_lowers_laplacian_variance_and_equals_filter2d():
     face = synthetic_face(1, degrade=False)
     kernel = degrade.gaussian_kernel(41, 3.0, 1.5, 0.4)
-    blurred = degrade.blur(as_tensor(face)[None], torch.from_numpy(kernel)[None])[0]
+    blurred = degrade.blur(as_tensor(face).permute(2, 0, 1)[None], torch.from_numpy(kernel)[None])[0].permute(1, 2, 0)
     assert laplacian_variance(degrade.to_uint8(blurred)) < 0.5 * laplacian_variance(face)
     reference = cv2.filter2D(face.astype(np.float32) / 255, -1, kernel.astype(np.float32))
-    np.testing.assert_allclose(blurred.permute(1, 2, 0).numpy(), reference, atol=1e-5)
+    np.testing.assert_allclose(blurred.numpy(), reference, atol=1e-5)
 
 
 def test_resize_matches_opencv_both_ways():
     image = np.random.default_rng(0).random((512, 512, 3), dtype=np.float32)
     for size in (17, 200, 640):
-        ours = degrade.resize(torch.from_numpy(image).permute(2, 0, 1), size, size).permute(1, 2, 0).numpy()
+        ours = degrade.resize(torch.from_numpy(image), size, size).numpy()
         np.testing.assert_allclose(ours, cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR), atol=1e-5)
+
+
+@pytest.mark.parametrize("sx, sy, theta", [(4.0, 4.0, 0.0), (15.0, 1.0, 0.8), (2.0, 9.0, -2.5)])
+def test_kernel_factors_rebuild_the_kernel(sx, sy, theta):
+    kernel = degrade.gaussian_kernel(41, sx, sy, theta)
+    cols, rows = degrade.kernel_factors(kernel)
+    assert np.abs(np.einsum("mi,mj->ij", cols, rows) - kernel).sum() <= degrade.FACTOR_TOLERANCE
+    assert (len(cols) == 1) == (sx == sy)
+
+
+@pytest.mark.parametrize(
+    "sx, sy, theta, size",
+    [(4.0, 4.0, 0.0, 40), (12.0, 12.0, 0.0, 300), (6.0, 2.0, 0.5, 17), (3.0, 1.5, 0.4, 60), (12.0, 12.0, 0.0, 500), (15.0, 1.0, 0.8, 60)],
+)
+def test_blur_down_equals_filter2d_then_resize(sx, sy, theta, size):
+    """Separable and factored kernels, and (the last two: too dear to factor at their size) the FFT path,
+    all compute the plain definition."""
+    face = synthetic_face(4, degrade=False)
+    kernel = degrade.gaussian_kernel(41, sx, sy, theta)
+    ours = degrade.blur_down(as_tensor(face), kernel, size).numpy()
+    blurred = cv2.filter2D(face.astype(np.float32) / 255, -1, kernel.astype(np.float32))
+    np.testing.assert_allclose(ours, cv2.resize(blurred, (size, size), interpolation=cv2.INTER_LINEAR), atol=2e-5)
 
 
 @pytest.mark.parametrize("delta", [5.0, 20.0])
