@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
+	bash tests/setup-chromium.sh
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
@@ -23,6 +24,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/restore_forward.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/degrade.py
 
 clean:
 	rm -rf $(VENV) demo_output

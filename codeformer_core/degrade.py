@@ -27,7 +27,6 @@ Every image is computed on its own numbers, so results do not depend on batch co
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -37,6 +36,8 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from codeformer_core.settings import read_mapping
 
 SIZE = 512
 FFT_SIZE = 576  # >= 512 + 41 - 1 for the default kernel, and a fast length (2^6 * 3^2)
@@ -110,22 +111,7 @@ def config_from_mapping(values: Mapping[str, object], name: str = "custom") -> D
 
 def load_config(path: str | Path) -> DegradeConfig:
     """A custom config from a .json, .yaml or .yml file of `config_from_mapping` keys."""
-    text = Path(path).read_text()
-    if str(path).endswith((".yaml", ".yml")):
-        import yaml
-
-        try:
-            values = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path} is not valid YAML: {exc}") from None
-    else:
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a mapping of settings")
-    return config_from_mapping(values)
+    return config_from_mapping(read_mapping(path))
 
 
 @dataclass(frozen=True)

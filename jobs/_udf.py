@@ -9,6 +9,7 @@ travel as raw RGB bytes (`pixels`, with `width` and `height`; crops are 512x512x
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 
 import numpy as np
@@ -19,7 +20,9 @@ import schemas.faces
 import schemas.images
 import schemas.pasted
 from codeformer_core import align, codec, io, paste
+from codeformer_core.arcface import load_arcface
 from codeformer_core.detect import DetectConfig, Detector
+from codeformer_core.measure import measure_faces
 from codeformer_core.parsing import FaceParser
 from codeformer_core.restore import FACE_SIZE, Restorer, as_aligned_face
 from jobs import _ledger
@@ -35,6 +38,7 @@ TYPES = {
     "bbox": pa.list_(pa.list_(pa.float64())),
     "det_score": pa.list_(pa.float64()),
     "affine": pa.list_(pa.list_(pa.float64())),
+    "measures": pa.list_(pa.string()),
     "pasted": pa.binary(),
     "width": pa.int64(),
     "height": pa.int64(),
@@ -158,10 +162,12 @@ class DetectFaces:
 def align_faces(batch: Batch) -> pa.Table:
     """Crop every face to 512x512; an image with unusable landmarks, or none, gets its own status."""
     status, error, crops, affines = [], [], [], []
+    # Without a detector stage (every input has manifest landmarks) the manifest's are the landmarks.
+    given = batch["landmarks"] if "landmarks" in batch else batch["manifest_landmarks"]
     for i, st in enumerate(batch["status"]):
         st, err = str(st), clean(batch["error"][i])
         faces, mats = [], []
-        points = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in clean(batch["landmarks"][i]) or []]
+        points = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in clean(given[i]) or []]
         if st == "ok" and not points:
             st, err = "no_face", None
         elif st == "ok":
@@ -179,7 +185,7 @@ def align_faces(batch: Batch) -> pa.Table:
         error.append(err)
         crops.append(faces)
         affines.append(mats)
-    return table(batch, status=status, error=error, crops=crops, affine=affines)
+    return table(batch, status=status, error=error, crops=crops, affine=affines, landmarks=[clean(g) for g in given])
 
 
 class RestoreFaces:
@@ -194,10 +200,12 @@ class RestoreFaces:
         batch_size: int,
         fidelity: float,
         threads: int | None,
+        arcface: dict | None = None,
     ) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.restorer, info = Restorer.from_checkpoint(weights, device, batch_size, weights_dir)
+        self.arcface = load_arcface(torch.device(device), **arcface) if arcface else None
         if info.sha256 != expected_sha256:
             raise RuntimeError(
                 f"weights {weights} on this worker have sha256 {info.sha256}, the driver checked {expected_sha256}"
@@ -208,15 +216,20 @@ class RestoreFaces:
         crops = [list(c) for c in batch["crops"]]
         flat = [face_of(b) for faces in crops for b in faces]
         status, error = [str(s) for s in batch["status"]], [clean(e) for e in batch["error"]]
+        measures: list[list[str]] = [[] for _ in crops]
         try:
-            restored = iter(self.restorer.restore(flat, self.fidelity))
+            out = self.restorer.restore(flat, self.fidelity)
+            restored = iter(out)
             nested = [[next(restored).tobytes() for _ in faces] for faces in crops]
+            if self.arcface is not None:
+                measured = iter(measure_faces(flat, list(out), self.arcface, self.restorer.device, self.restorer.batch_size))
+                measures = [[json.dumps(next(measured)) for _ in faces] for faces in crops]
         except Exception as exc:  # a failed forward (e.g. out of memory) fails its rows, not the job
             nested = [[] for _ in crops]
             for i, faces in enumerate(crops):
                 if faces:
                     status[i], error[i] = "restore_error", short_error(exc)
-        return table(batch, status=status, error=error, restored=nested)
+        return table(batch, status=status, error=error, restored=nested, **({"measures": measures} if self.arcface else {}))
 
 
 class DetectAndRestoreFaces:
@@ -268,6 +281,7 @@ def face_rows(batch: Batch) -> list[dict]:
         uri = str(batch["source_uri"][i])
         bbox, score = clean(batch["bbox"][i]) if "bbox" in batch else None, clean(batch["det_score"][i]) if "det_score" in batch else None
         landmarks = clean(batch["landmarks"][i]) if "landmarks" in batch else None
+        measures = [json.loads(m) for m in batch["measures"][i]] if "measures" in batch else [{} for _ in batch["restored"][i]]
         for k, (out, crop) in enumerate(zip(batch["restored"][i], batch["crops"][i])):
             rows.append(
                 {
@@ -280,6 +294,7 @@ def face_rows(batch: Batch) -> list[dict]:
                     "affine": clean(batch["affine"][i][k]),
                     "restored": {"bytes": out, "path": f"{image_id}_{k}.png"},
                     "input_crop": {"bytes": crop, "path": f"{image_id}_{k}_input.png"},
+                    **{name: None if math.isnan(v) else v for name, v in measures[k].items()},
                 }
             )
     return rows

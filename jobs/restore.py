@@ -46,6 +46,7 @@ class RestoreConfig:
     fidelity: float
     weights: str
     weights_dir: str | None
+    arcface_weights: str | None
     batch_size: int
     limit: int | None
     max_pixels: int
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity", type=fidelity_weight, default=0.5, help="CodeFormer fidelity weight w in [0,1]: 0 = best quality, 1 = closest to the input (default 0.5)")
     p.add_argument("--weights", default="codeformer", help="CodeFormer checkpoint: 'codeformer' (found as the README explains), a path or an s3:// URI (default: codeformer)")
     p.add_argument("--synthetic-weights", action="store_true", help="use synthetic random weights instead of a checkpoint (offline demos and tests; outputs are marked synthetic)")
+    p.add_argument("--arcface-weights", default=None, help="ArcFace checkpoint for the identity similarity of each restored face: path or s3:// URI (default: the official file, found like --weights)")
     p.add_argument("--weights-dir", default=None, help="folder holding checkpoints under their official names (default: $CODEFORMER_WEIGHTS_DIR)")
     p.add_argument("--batch-size", type=positive_int, default=4, help="faces per forward pass of the network (default 4)")
     p.add_argument("--limit", type=positive_int, default=None, help="process only the first N inputs in sorted order")
@@ -113,8 +115,8 @@ def config_from_args(argv: list[str] | None) -> RestoreConfig:
         raise UsageError("--paste needs whole images; with --aligned there is nothing to paste into")
     if args.parse and not args.paste:
         raise UsageError("--parse changes how faces are pasted back; it needs --paste")
-    if args.synthetic_weights and args.weights != "codeformer":
-        raise UsageError("--synthetic-weights and --weights exclude each other")
+    if args.synthetic_weights and (args.weights != "codeformer" or args.arcface_weights):
+        raise UsageError("--synthetic-weights and --weights/--arcface-weights exclude each other")
     return RestoreConfig(
         input=args.input,
         output=args.output.rstrip("/"),
@@ -122,6 +124,7 @@ def config_from_args(argv: list[str] | None) -> RestoreConfig:
         fidelity=args.fidelity,
         weights=f"{SYNTHETIC_SPEC_PREFIX}1" if args.synthetic_weights else args.weights,
         weights_dir=args.weights_dir,
+        arcface_weights=args.arcface_weights,
         batch_size=args.batch_size,
         limit=args.limit,
         max_pixels=args.max_pixels,
@@ -146,6 +149,7 @@ def run_record(cfg: RestoreConfig, weights: WeightsInfo) -> dict:
         "weights_sha256": weights.sha256,
         "weights_synthetic": weights.synthetic,
         "fidelity": cfg.fidelity,
+        "arcface_weights": cfg.arcface_weights,
         "aligned": cfg.aligned,
         "max_pixels": cfg.max_pixels,
         "detect": None if cfg.aligned else asdict(cfg.detect),
@@ -162,6 +166,8 @@ def preflight(cfg: RestoreConfig) -> tuple[pa.Table, WeightsInfo, _ledger.Resume
         resolve(cfg.detector_weights or cfg.detect.model, weights_dir=cfg.weights_dir)
     if cfg.parse and not weights.synthetic:
         resolve("parsenet", weights_dir=cfg.weights_dir)
+    if not weights.synthetic:
+        resolve(cfg.arcface_weights or "arcface", weights_dir=cfg.weights_dir)
     try:
         resume = _ledger.prepare(cfg.output, run_record(cfg, weights), TABLES)
     except OSError as exc:
@@ -205,6 +211,7 @@ def plan(cfg: RestoreConfig, pending: pa.Table, weights: WeightsInfo, run: dict)
         "batch_size": cfg.batch_size,
         "fidelity": cfg.fidelity,
         "threads": threads,
+        "arcface": {"weights": cfg.arcface_weights, "weights_dir": cfg.weights_dir, "synthetic_seed": 1 if weights.synthetic else None},
     }
 
     ds = ray.data.from_arrow(blocks)

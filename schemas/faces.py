@@ -1,10 +1,15 @@
-"""`faces/`: one row per restored face, in descending detection score within an image."""
+"""`faces/`: one row per restored face, in descending detection score within an image.
+
+The no-reference metrics (`sharpness` ... `niqe`) are of the aligned input face, `restored_*` the
+same of the restored face, and `ids_*` the ArcFace identity similarity between the two; the
+audit job's faces/ table (schemas/audit_faces.py) uses the same names and definitions."""
 
 import pyarrow as pa
 
 from schemas import IMAGE_STRUCT, versioned
+from schemas.audit_faces import NO_REFERENCE, RESTORED
 
-VERSION = 2
+VERSION = 3
 
 SCHEMA = versioned(
     "faces",
@@ -19,5 +24,6 @@ SCHEMA = versioned(
         pa.field("affine", pa.list_(pa.float64(), 6)),  # 2x3 input image -> 512 crop, row-major
         pa.field("restored", IMAGE_STRUCT, nullable=False),  # 512x512 PNG
         pa.field("input_crop", IMAGE_STRUCT, nullable=False),  # the aligned 512x512 input face, PNG
+        *[pa.field(name, pa.float64()) for name in NO_REFERENCE + RESTORED],  # null where undefined (NIQE of a flat face)
     ],
 )

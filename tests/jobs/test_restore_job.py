@@ -110,6 +110,21 @@ def test_faces_table_has_a_512_png_per_good_image(restored_on_s3):
             assert codec.decode_png(cell["bytes"]).shape == (512, 512, 3)
 
 
+def test_faces_carry_quality_metrics_and_identity_similarity(restored_on_s3):
+    """Each row's metrics equal the library's on the row's own crops, and IDS is a cosine."""
+    from codeformer_core import metrics
+    from codeformer_core.measure import as_tensor
+
+    faces = read_table("s3://faces/out/faces", restored_on_s3["env"]).to_pandas()
+    assert faces.ids_cosine.between(-1, 1).all() and faces.ids_cosine.notna().all()
+    np.testing.assert_allclose(np.degrees(np.arccos(faces.ids_cosine)), faces.ids_degrees, atol=1e-6)
+    row = faces.iloc[0]
+    for column, prefix in (("input_crop", ""), ("restored", "restored_")):
+        face = as_tensor([codec.decode_png(row[column]["bytes"])], torch.device("cpu"))
+        assert row[f"{prefix}sharpness"] == pytest.approx(float(metrics.sharpness(face)[0]), rel=1e-9)
+        assert row[f"{prefix}colourfulness"] == pytest.approx(float(metrics.colourfulness(face)[0]), rel=1e-9)
+
+
 def test_every_written_file_matches_its_schema(restored_on_s3):
     os.environ.update(restored_on_s3["env"])
     filesystem, _ = cio.filesystem_and_path("s3://faces/out")

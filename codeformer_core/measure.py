@@ -1,0 +1,39 @@
+"""Every per-face measurement the jobs record, for batches of aligned 512x512 faces."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from codeformer_core import metrics
+
+
+def as_tensor(faces: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.stack(faces)).to(device).permute(0, 3, 1, 2).float().div_(255)
+
+
+def measure_faces(
+    faces: Sequence[np.ndarray],
+    restored: Sequence[np.ndarray] | None,
+    arcface: torch.nn.Module | None,
+    device: torch.device,
+    batch_size: int,
+) -> list[dict[str, float]]:
+    """No-reference metrics of each RGB uint8 face; with `restored`, those of the restored faces
+    (`restored_*`) and the ArcFace identity similarity between each pair (`ids_cosine`, `ids_degrees`).
+    NaN where a metric is undefined (NIQE of a face without two textured blocks)."""
+    out: list[dict[str, float]] = []
+    for start in range(0, len(faces), batch_size):
+        x = as_tensor(faces[start : start + batch_size], device)
+        values = {k: v.tolist() for k, v in metrics.no_reference(x).items()}
+        if restored is not None:
+            if arcface is None:
+                raise ValueError("identity similarity needs the ArcFace network")
+            y = as_tensor(restored[start : start + batch_size], device)
+            values |= {f"restored_{k}": v.tolist() for k, v in metrics.no_reference(y).items()}
+            cosine, degrees = metrics.ids(metrics.identity_embeddings(arcface, x), metrics.identity_embeddings(arcface, y))
+            values |= {"ids_cosine": cosine.tolist(), "ids_degrees": degrees.tolist()}
+        out += [{k: v[j] for k, v in values.items()} for j in range(len(x))]
+    return out

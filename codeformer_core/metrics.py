@@ -1,0 +1,442 @@
+"""Image quality and face metrics. Pure functions.
+
+Images are float tensors (N, 3, H, W), RGB in [0, 1], on any device. Every image metric returns a
+float64 tensor of shape (N,) on that device, computed per image in float64, so that an image's
+result does not depend on the rest of its batch.
+
+Two lumas are used, on the 0..255 scale:
+- the Y of MATLAB's rgb2ycbcr (BT.601 studio range, 16..235) for PSNR/SSIM on "y" and for NIQE,
+  as in BasicSR;
+- full-range BT.601 luma 0.299 R + 0.587 G + 0.114 B (0..255, the Y of cv2.COLOR_RGB2GRAY) for the
+  other no-reference measures, so black is 0, white 255, and noise added equally to R, G and B
+  keeps its sigma.
+
+Face facts take five landmarks per face, (N, 5, 2) arrays of (x, y) pixels in facexlib order:
+left eye, right eye, nose tip, left mouth corner, right mouth corner (left/right in the image).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from codeformer_core.align import FFHQ_TEMPLATE_512
+
+YCBCR_Y_WEIGHTS = (65.481, 128.553, 24.966)  # MATLAB rgb2ycbcr, for R, G, B in [0, 1]; plus 16
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
+IMMERKAER = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))
+JPEG_BLOCK = 8
+
+NIQE_BLOCK = 96
+# Pixel-minus-local-mean differences this small are rounding noise (exactly 0 in flat areas); see niqe().
+NIQE_ROUNDING_NOISE = 1e-9
+NIQE_PARAMS = Path(__file__).parent / "data" / "niqe_pris_params.npz"
+# MATLAB imresize(img, 0.5) (bicubic, a = -0.5, antialiased) weighs the input pixels at d = -3.5 ... 3.5
+# from an output centre by 0.5 * cubic(d / 2): the kernel is this half and its mirror image, and sums to 1.
+MATLAB_HALF_KERNEL = (-0.01171875, -0.03515625, 0.11328125, 0.43359375)
+
+# insightface's `arcface_dst`: where the five points land in the 112x112 crops ArcFace models are trained on.
+ARCFACE_TEMPLATE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+)
+ARCFACE_SIZE = 112
+
+# Depth of the nose tip in front of the eyes and mouth corners, relative to the distance between the eyes
+# (about 25 mm against 63 mm on an average adult head).
+NOSE_DEPTH = 0.4
+
+
+def _float64_images(x: Tensor) -> Tensor:
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(x.shape)}")
+    return x.to(torch.float64)
+
+
+def _weighted_channels(x: Tensor, weights: tuple[float, float, float]) -> Tensor:
+    """(N, 3, H, W) -> (N, H, W), the weighted sum of the channels."""
+    return torch.einsum("nchw,c->nhw", x, torch.tensor(weights, dtype=x.dtype, device=x.device))
+
+
+def ycbcr_y(x: Tensor) -> Tensor:
+    """(N, H, W) Y of MATLAB rgb2ycbcr on 0..255 (16..235), not rounded."""
+    return 16.0 + _weighted_channels(_float64_images(x), YCBCR_Y_WEIGHTS)
+
+
+def luma(x: Tensor) -> Tensor:
+    """(N, H, W) full-range BT.601 luma on 0..255."""
+    return 255.0 * _weighted_channels(_float64_images(x), LUMA_WEIGHTS)
+
+
+def _in_space(x: Tensor, space: str) -> Tensor:
+    """(N, C, H, W) on 0..255: the three RGB channels, or the single MATLAB Y channel."""
+    if space == "rgb":
+        return 255.0 * _float64_images(x)
+    if space == "y":
+        return ycbcr_y(x)[:, None]
+    raise ValueError(f"space must be 'rgb' or 'y', got {space!r}")
+
+
+def _kernel(rows: tuple[tuple[float, ...], ...], like: Tensor) -> Tensor:
+    return torch.tensor(rows, dtype=like.dtype, device=like.device)[None, None]
+
+
+def _valid_filter(images: Tensor, kernel: Tensor) -> Tensor:
+    """Correlate each (N, H, W) image with a 2-D kernel at the positions where it fits (no padding)."""
+    return F.conv2d(images[:, None], kernel)[:, 0]
+
+
+def psnr(x: Tensor, y: Tensor, space: str = "rgb") -> Tensor:
+    """PSNR in dB with data range 255 (images scaled by 255, not rounded), on RGB or MATLAB Y.
+
+    Identical images give +inf.
+    """
+    a, b = _in_space(x, space), _in_space(y, space)
+    mse = (a - b).square().mean(dim=(1, 2, 3))
+    return 10.0 * torch.log10(255.0**2 / mse)
+
+
+def _gaussian(size: int, sigma: float, like: Tensor) -> Tensor:
+    """1-D Gaussian of `size` taps, normalised to sum 1; the 2-D window is its outer product with itself."""
+    t = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def _separable_filter(images: Tensor, taps: Tensor) -> Tensor:
+    """Correlate each channel of (N, C, H, W) with the outer product of 1-D `taps`, at valid positions only."""
+    n, c, h, w = images.shape
+    planes = F.conv2d(F.conv2d(images.reshape(n * c, 1, h, w), taps.view(1, 1, -1, 1)), taps.view(1, 1, 1, -1))
+    return planes.reshape(n, c, *planes.shape[-2:])
+
+
+def ssim(x: Tensor, y: Tensor, space: str = "rgb") -> Tensor:
+    """SSIM (Wang et al. 2004) as the reference MATLAB ssim_index computes it.
+
+    11x11 Gaussian window with sigma 1.5, normalised to sum 1; K1 = 0.01, K2 = 0.03, L = 255; the SSIM
+    map at the 'valid' window positions only (no padding), averaged; on RGB, the mean over the three
+    channels. Images must be at least 11x11.
+    """
+    a, b = _in_space(x, space), _in_space(y, space)
+    taps = _gaussian(SSIM_WINDOW, SSIM_SIGMA, a)
+
+    def local_mean(t: Tensor) -> Tensor:
+        return _separable_filter(t, taps)
+
+    c1, c2 = (SSIM_K1 * 255) ** 2, (SSIM_K2 * 255) ** 2
+    mu_a, mu_b = local_mean(a), local_mean(b)
+    var_a = local_mean(a * a) - mu_a**2
+    var_b = local_mean(b * b) - mu_b**2
+    cov = local_mean(a * b) - mu_a * mu_b
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return ssim_map.mean(dim=(1, 2, 3))
+
+
+def _sharpness(lum: Tensor) -> Tensor:
+    return _valid_filter(lum, _kernel(LAPLACIAN, lum)).var(dim=(1, 2), correction=0)
+
+
+def _noise_level(lum: Tensor) -> Tensor:
+    residual = _valid_filter(lum, _kernel(IMMERKAER, lum)).abs()
+    count = residual.shape[1] * residual.shape[2]
+    return math.sqrt(math.pi / 2) / (6 * count) * residual.sum(dim=(1, 2))
+
+
+def _blockiness(lum: Tensor) -> Tensor:
+    steps = (lum[:, :, 1:] - lum[:, :, :-1]).abs(), (lum[:, 1:, :] - lum[:, :-1, :]).abs()
+    h, w = lum.shape[1:]
+    across_cols = torch.arange(1, w, device=lum.device) % JPEG_BLOCK == 0
+    across_rows = torch.arange(1, h, device=lum.device) % JPEG_BLOCK == 0
+    on_grid = steps[0][:, :, across_cols].sum(dim=(1, 2)) + steps[1][:, across_rows, :].sum(dim=(1, 2))
+    everywhere = steps[0].sum(dim=(1, 2)) + steps[1].sum(dim=(1, 2))
+    n_grid = h * int(across_cols.sum()) + w * int(across_rows.sum())
+    n_all = h * (w - 1) + w * (h - 1)
+    eps = 1e-9
+    return (on_grid / n_grid + eps) / ((everywhere - on_grid) / (n_all - n_grid) + eps)
+
+
+def sharpness(x: Tensor) -> Tensor:
+    """Variance of the 3x3 Laplacian [[0,1,0],[1,-4,1],[0,1,0]] of the luma, over the valid region."""
+    return _sharpness(luma(x))
+
+
+def noise_level(x: Tensor) -> Tensor:
+    """Noise sigma of the luma on 0..255, by Immerkaer (1996), "Fast noise variance estimation".
+
+    sigma = sqrt(pi / 2) / (6 (W - 2)(H - 2)) * sum |I * M| over the valid region,
+    M = [[1, -2, 1], [-2, 4, -2], [1, -2, 1]]; no edge exclusion, so strong edges raise it a little.
+    """
+    return _noise_level(luma(x))
+
+
+def blockiness(x: Tensor) -> Tensor:
+    """JPEG 8x8 blocking of the luma: the mean absolute step between neighbouring pixels across the 8-pixel
+    block grid (columns and rows 8k-1 | 8k), divided by the mean absolute step everywhere else.
+
+    1.0 means no blocking; it grows as JPEG quality falls. A flat image gives 1.0.
+    """
+    return _blockiness(luma(x))
+
+
+def brightness(x: Tensor) -> Tensor:
+    """Mean luma, 0..255."""
+    return luma(x).mean(dim=(1, 2))
+
+
+def contrast(x: Tensor) -> Tensor:
+    """RMS contrast: the (population) standard deviation of the luma, 0..255."""
+    return luma(x).std(dim=(1, 2), correction=0)
+
+
+def colourfulness(x: Tensor) -> Tensor:
+    """Hasler & Suesstrunk (2003) M on 0..255 RGB: rg = R - G, yb = (R + G) / 2 - B,
+    M = sqrt(sd_rg^2 + sd_yb^2) + 0.3 sqrt(mu_rg^2 + mu_yb^2), with population standard deviations."""
+    r, g, b = (255.0 * _float64_images(x)).unbind(dim=1)
+    rg, yb = r - g, (r + g) / 2 - b
+    spread = torch.sqrt(rg.var(dim=(1, 2), correction=0) + yb.var(dim=(1, 2), correction=0))
+    centre = torch.sqrt(rg.mean(dim=(1, 2)) ** 2 + yb.mean(dim=(1, 2)) ** 2)
+    return spread + 0.3 * centre
+
+
+# NIQE (Mittal, Soundararajan & Bovik 2013). The algorithm follows BasicSR's basicsr/metrics/niqe.py
+# (Apache-2.0), itself a port of the authors' MATLAB release, batched here in torch.
+
+
+@functools.cache
+def _niqe_params() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mu_pris_param (36,), cov_pris_param (36, 36), gaussian_window (7, 7)); see data/README.md."""
+    with np.load(NIQE_PARAMS) as params:
+        return params["mu_pris_param"][0], params["cov_pris_param"], params["gaussian_window"]
+
+
+def _mscn(img: Tensor, taps: Tensor) -> Tensor:
+    """Mean-subtracted contrast-normalised coefficients of (N, 1, H, W), edges replicated ('nearest')."""
+    pad = taps.shape[0] // 2
+
+    def local_mean(t: Tensor) -> Tensor:
+        return _separable_filter(F.pad(t, (pad, pad, pad, pad), mode="replicate"), taps)
+
+    mu = local_mean(img)
+    sigma = (local_mean(img * img) - mu**2).abs().sqrt()
+    deviation = img - mu
+    return torch.where(deviation.abs() < NIQE_ROUNDING_NOISE, 0.0, deviation) / (sigma + 1)
+
+
+def _matlab_half(img: Tensor) -> Tensor:
+    """MATLAB imresize(img, 0.5) with antialiasing, for (N, 1, H, W) with even H and W: symmetric edges."""
+    k = torch.tensor(MATLAB_HALF_KERNEL + MATLAB_HALF_KERNEL[::-1], dtype=img.dtype, device=img.device)
+    img = torch.cat([img[:, :, :3].flip(2), img, img[:, :, -3:].flip(2)], dim=2)
+    img = torch.cat([img[:, :, :, :3].flip(3), img, img[:, :, :, -3:].flip(3)], dim=3)
+    img = F.conv2d(img, k.view(1, 1, -1, 1), stride=(2, 1))
+    return F.conv2d(img, k.view(1, 1, 1, -1), stride=(1, 2))
+
+
+def _gamma_ratio(a: Tensor, b: Tensor) -> Tensor:
+    """Gamma(a) / Gamma(b) for positive a, b."""
+    return torch.exp(torch.lgamma(a) - torch.lgamma(b))
+
+
+def _nearest_index(table: Tensor, values: Tensor) -> Tensor:
+    """Index of the entry of the increasing `table` nearest to each value (the lower one on a tie, like an
+    argmin of the squared differences), 0 for NaN."""
+    upper = torch.searchsorted(table, values.contiguous()).clamp(1, table.shape[0] - 1)
+    lower = upper - 1
+    index = torch.where((table[upper] - values) ** 2 < (table[lower] - values) ** 2, upper, lower)
+    return torch.where(values.isnan(), 0, index)
+
+
+def _aggd(values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Asymmetric generalised Gaussian fit (alpha, beta_left, beta_right) over the last dimension.
+
+    Empty sides give NaN betas, and then alpha is the first tabulated shape, 0.2, as in BasicSR.
+    """
+    shapes = torch.as_tensor(np.arange(0.2, 10.001, 0.001), dtype=values.dtype, device=values.device)
+    inverse = 1 / shapes
+    r_table = torch.exp(2 * torch.lgamma(2 * inverse) - torch.lgamma(inverse) - torch.lgamma(3 * inverse))
+
+    squares = values.square()
+    left, right = values < 0, values > 0
+    left_std = ((squares * left).sum(-1) / left.sum(-1)).sqrt()
+    right_std = ((squares * right).sum(-1) / right.sum(-1)).sqrt()
+    g = left_std / right_std
+    r_hat = values.abs().mean(-1) ** 2 / squares.mean(-1)
+    r_norm = r_hat * (g**3 + 1) * (g + 1) / (g**2 + 1) ** 2
+    alpha = shapes[_nearest_index(r_table, r_norm)]
+    scale = _gamma_ratio(1 / alpha, 3 / alpha).sqrt()
+    return alpha, left_std * scale, right_std * scale
+
+
+def _niqe_features(mscn: Tensor, block: int) -> Tensor:
+    """(N, 1, H, W) MSCN -> (N, blocks, 18): AGGD fits of each block and of its four neighbour products."""
+    n = mscn.shape[0]
+    blocks = mscn.unfold(2, block, block).unfold(3, block, block).reshape(n, -1, block, block)
+    alpha, beta_l, beta_r = _aggd(blocks.flatten(-2))
+    features = [alpha, (beta_l + beta_r) / 2]
+    for shift in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        products = blocks * torch.roll(blocks, shift, dims=(-2, -1))
+        alpha, beta_l, beta_r = _aggd(products.flatten(-2))
+        features += [alpha, (beta_r - beta_l) * _gamma_ratio(2 / alpha, 1 / alpha), beta_l, beta_r]
+    return torch.stack(features, dim=-1)
+
+
+def niqe(x: Tensor) -> Tensor:
+    """NIQE, lower is better, on the rounded MATLAB Y channel, 96x96 blocks without overlap (the image is
+    cropped to whole blocks), no border crop, with the authors' pristine model (LIVE, UT Austin).
+
+    Computed in float64, as MATLAB does; BasicSR works in float32, which moves results by about 1e-4 on
+    textured images. Pixel-minus-local-mean differences under NIQE_ROUNDING_NOISE are set to 0, their
+    exact value: in flat areas (clipped, JPEG-flattened or border-filled pixels) the reference codes
+    keep rounding residues whose signs, which depend on the filter's summation order, then decide
+    which side of the AGGD fits those pixels fall on. On images with flat areas this can differ from
+    BasicSR by a few tenths, and does not depend on how a device sums.
+
+    Images must be at least 96x96. An image with fewer than two blocks that have all their features
+    finite (e.g. a flat one) gives NaN.
+    """
+    y = ycbcr_y(x).round()
+    h, w = (size // NIQE_BLOCK * NIQE_BLOCK for size in y.shape[1:])
+    if h == 0 or w == 0:
+        raise ValueError(f"NIQE needs images of at least {NIQE_BLOCK}x{NIQE_BLOCK}, got {tuple(y.shape[1:])}")
+    mu_pris, cov_pris, window = (torch.as_tensor(p, dtype=y.dtype, device=y.device) for p in _niqe_params())
+    # The window is MATLAB's fspecial('gaussian', 7, 7/6), the outer product of its normalised middle row.
+    centre = window.shape[0] // 2
+    taps = window[centre] / window[centre, centre].sqrt()
+    img = y[:, None, :h, :w]
+    scale1 = _niqe_features(_mscn(img, taps), NIQE_BLOCK)
+    scale2 = _niqe_features(_mscn(_matlab_half(img), taps), NIQE_BLOCK // 2)
+    features = torch.cat([scale1, scale2], dim=-1)
+
+    mu = torch.nanmean(features, dim=1)
+    finite = ~features.isnan().any(dim=-1, keepdim=True)
+    count = finite.sum(dim=1, keepdim=True)
+    clean = torch.where(finite, features, 0.0)
+    centred = torch.where(finite, clean - clean.sum(dim=1, keepdim=True) / count, 0.0)
+    cov = centred.transpose(1, 2) @ centred / (count - 1)
+    pooled = (cov_pris + cov) / 2
+    usable = pooled.isfinite().all(dim=(1, 2)) & mu.isfinite().all(dim=1)
+    # rtol: numpy.linalg.pinv's default cut-off, as in BasicSR.
+    inverse = torch.linalg.pinv(torch.where(usable[:, None, None], pooled, cov_pris), rtol=1e-15)
+    d = mu_pris - mu
+    quality = torch.einsum("ni,nij,nj->n", d, inverse, d).sqrt()
+    return torch.where(usable, quality, torch.nan)
+
+
+def no_reference(x: Tensor) -> dict[str, Tensor]:
+    """All no-reference measures of a batch, each (N,) float64."""
+    lum = luma(x)
+    return {
+        "sharpness": _sharpness(lum),
+        "noise": _noise_level(lum),
+        "blockiness": _blockiness(lum),
+        "brightness": lum.mean(dim=(1, 2)),
+        "contrast": lum.std(dim=(1, 2), correction=0),
+        "colourfulness": colourfulness(x),
+        "niqe": niqe(x),
+    }
+
+
+def interocular(landmarks: np.ndarray) -> np.ndarray:
+    """(N,) distance between the two eye centres, in pixels."""
+    points = np.asarray(landmarks, dtype=np.float64)
+    return np.linalg.norm(points[:, 1] - points[:, 0], axis=-1)
+
+
+def pose(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(yaw, roll) in degrees per face, a coarse estimate from the five points.
+
+    roll: the angle of the line from the left to the right eye, clockwise on screen (y points down).
+    yaw: the nose tip's signed distance from the face's midline (the line through the midpoint of the
+    eyes and the midpoint of the mouth corners), positive when it lies to the image right of it. Under
+    weak perspective that offset is NOSE_DEPTH * eye distance * sin(yaw) while the visible eye distance
+    shrinks by cos(yaw), so yaw = atan(offset / (NOSE_DEPTH * visible eye distance)). An average head
+    is assumed; the FFHQ template gives yaw -0.003 and roll 0.11. Good for telling frontal, three-quarter
+    and profile faces apart, not for measuring.
+    """
+    points = np.asarray(landmarks, dtype=np.float64)
+    eyes = points[:, 1] - points[:, 0]
+    roll = np.degrees(np.arctan2(eyes[:, 1], eyes[:, 0]))
+    eye_mid = (points[:, 0] + points[:, 1]) / 2
+    midline = (points[:, 3] + points[:, 4]) / 2 - eye_mid
+    rightward = np.stack([midline[:, 1], -midline[:, 0]], axis=-1) / np.linalg.norm(midline, axis=-1, keepdims=True)
+    offset = np.sum((points[:, 2] - eye_mid) * rightward, axis=-1)
+    yaw = np.degrees(np.arctan(offset / (NOSE_DEPTH * np.linalg.norm(eyes, axis=-1))))
+    return yaw, roll
+
+
+def landmark_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N,) LMD: the mean Euclidean distance between corresponding points, in pixels."""
+    return np.linalg.norm(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64), axis=-1).mean(axis=-1)
+
+
+def _fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """2x3 least-squares similarity (rotation, uniform scale, translation) taking src points onto dst:
+    what skimage's SimilarityTransform.estimate (Umeyama) gives, solved as a complex linear fit."""
+    z, w = src[:, 0] + 1j * src[:, 1], dst[:, 0] + 1j * dst[:, 1]
+    zc, wc = z - z.mean(), w - w.mean()
+    a = np.vdot(zc, wc) / np.vdot(zc, zc).real
+    t = w.mean() - a * z.mean()
+    return np.array([[a.real, -a.imag, t.real], [a.imag, a.real, t.imag]])
+
+
+def arcface_affine(face_size: int = 512) -> np.ndarray:
+    """2x3 transform from a face_size FFHQ-aligned crop to insightface's 112x112 ArcFace crop."""
+    return _fit_similarity(FFHQ_TEMPLATE_512 * (face_size / 512.0), ARCFACE_TEMPLATE_112)
+
+
+def _pixel_to_normalised(size: int) -> np.ndarray:
+    """3x3 map from pixel coordinates (pixel centres at integers) to grid_sample's align_corners=False ones."""
+    return np.array([[2 / size, 0, 1 / size - 1], [0, 2 / size, 1 / size - 1], [0, 0, 1]])
+
+
+@functools.cache
+def _arcface_theta(face_size: int) -> np.ndarray:
+    """affine_grid's theta: output (112 crop) normalised coordinates -> input (face) normalised coordinates."""
+    forward = np.vstack([arcface_affine(face_size), [0, 0, 1]])
+    theta = _pixel_to_normalised(face_size) @ np.linalg.inv(forward) @ np.linalg.inv(_pixel_to_normalised(ARCFACE_SIZE))
+    return theta[:2]
+
+
+def arcface_input(faces: Tensor) -> Tensor:
+    """(N, 3, S, S) FFHQ-aligned RGB faces in [0, 1] -> (N, 3, 112, 112) ArcFace input.
+
+    The crop is insightface's `norm_crop`: the face is warped by the similarity that takes the FFHQ
+    template points onto insightface's `arcface_dst` (bilinear, zeros outside, like cv2.warpAffine with
+    borderValue 0). The pixels are then put in BGR order and mapped to [-1, 1] by (x - 0.5) / 0.5: facexlib's
+    IR-SE50 (`Backbone`) is TreB1eN's InsightFace_Pytorch model, trained and evaluated on BGR images
+    normalised that way (data/data_pipe.py there), and ByteDance's InfiniteYou feeds facexlib's weights
+    the same (norm_crop of a BGR image, 2x - 1).
+    """
+    if faces.ndim != 4 or faces.shape[1] != 3 or faces.shape[2] != faces.shape[3]:
+        raise ValueError(f"expected square faces of shape (N, 3, S, S), got {tuple(faces.shape)}")
+    theta = torch.as_tensor(_arcface_theta(faces.shape[-1]), dtype=faces.dtype, device=faces.device)
+    size = (faces.shape[0], 3, ARCFACE_SIZE, ARCFACE_SIZE)
+    grid = F.affine_grid(theta.expand(faces.shape[0], 2, 3), list(size), align_corners=False)
+    crops = F.grid_sample(faces, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return (crops.flip(1) - 0.5) / 0.5
+
+
+def identity_embeddings(model: torch.nn.Module, faces: Tensor) -> Tensor:
+    """(N, 512) L2-normalised embeddings of FFHQ-aligned faces; the model is put in eval mode (so BatchNorm
+    uses its running statistics and an embedding does not depend on the rest of the batch)."""
+    model.eval()
+    parameter = next(model.parameters())
+    with torch.inference_mode():
+        embeddings = model(arcface_input(faces.to(device=parameter.device, dtype=parameter.dtype)))
+    return F.normalize(embeddings, dim=1)
+
+
+def ids(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Identity similarity of two (N, 512) embedding batches: (cosine, angle in degrees), float64."""
+    cosine = (F.normalize(a.to(torch.float64), dim=1) * F.normalize(b.to(torch.float64), dim=1)).sum(dim=1)
+    return cosine, torch.rad2deg(torch.arccos(cosine.clamp(-1.0, 1.0)))

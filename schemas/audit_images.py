@@ -1,0 +1,23 @@
+"""`images/` of the audit job: exactly one row per input image, whatever happened to it."""
+
+import pyarrow as pa
+
+from schemas import versioned
+
+VERSION = 1
+
+SCHEMA = versioned(
+    "audit_images",
+    VERSION,
+    [
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # "ok" or a short reason: decode_error, no_face, ...
+        pa.field("error", pa.string()),  # null when ok
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("num_faces", pa.int32(), nullable=False),
+        pa.field("num_kept", pa.int32(), nullable=False),
+        pa.field("code_version", pa.string(), nullable=False),
+    ],
+)

@@ -1,0 +1,283 @@
+"""Image and face metrics: known answers, independent numpy references, and batch independence."""
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from facexlib.recognition.arcface_arch import Backbone
+from numpy.lib.stride_tricks import sliding_window_view
+
+from codeformer_core import metrics
+from codeformer_core.align import FFHQ_TEMPLATE_512
+from codeformer_core.samples import synthetic_face
+
+
+def as_batch(*images: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) RGB images on 0..255 (any dtype) -> (N, 3, H, W) float64 in [0, 1]."""
+    return torch.from_numpy(np.stack(images).astype(np.float64) / 255).permute(0, 3, 1, 2)
+
+
+def textured_face(seed: int, size: int = 512) -> np.ndarray:
+    """A synthetic face under a sinusoidal texture and mild noise: no flat or clipped areas."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    texture = sum(
+        rng.uniform(4, 12)
+        * np.sin(2 * np.pi * (rng.uniform(2, 30) * xx + rng.uniform(2, 30) * yy) + rng.uniform(0, 6.3))
+        for _ in range(8)
+    )
+    img = 0.8 * synthetic_face(seed, size, degrade=False) + 25 + texture[..., None] / np.abs(texture).max() * 20
+    return np.clip(img + rng.normal(0, 3, img.shape), 0, 255).round().astype(np.uint8)
+
+
+def numpy_space(img: np.ndarray, space: str) -> np.ndarray:
+    """(H, W, 3) in [0, 1] -> (C, H, W) on 0..255: RGB, or MATLAB rgb2ycbcr's Y."""
+    if space == "rgb":
+        return 255 * img.transpose(2, 0, 1)
+    return (16 + img @ np.array([65.481, 128.553, 24.966]))[None]
+
+
+def numpy_psnr(a: np.ndarray, b: np.ndarray, space: str) -> float:
+    mse = np.mean((numpy_space(a, space) - numpy_space(b, space)) ** 2)
+    return 10 * math.log10(255**2 / mse)
+
+
+def numpy_ssim(a: np.ndarray, b: np.ndarray, space: str) -> float:
+    t = np.arange(11) - 5
+    g = np.exp(-(t**2) / (2 * 1.5**2))
+    window = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    scores = []
+    for p, q in zip(numpy_space(a, space), numpy_space(b, space)):
+        pw, qw = sliding_window_view(p, (11, 11)), sliding_window_view(q, (11, 11))
+        mp, mq = (pw * window).sum((-2, -1)), (qw * window).sum((-2, -1))
+        vp = (pw**2 * window).sum((-2, -1)) - mp**2
+        vq = (qw**2 * window).sum((-2, -1)) - mq**2
+        cov = (pw * qw * window).sum((-2, -1)) - mp * mq
+        scores.append((((2 * mp * mq + c1) * (2 * cov + c2)) / ((mp**2 + mq**2 + c1) * (vp + vq + c2))).mean())
+    return float(np.mean(scores))
+
+
+def test_psnr_of_identical_images_is_inf():
+    x = as_batch(synthetic_face(0, size=64))
+    assert metrics.psnr(x, x).item() == math.inf
+    assert metrics.psnr(x, x, space="y").item() == math.inf
+
+
+@pytest.mark.parametrize("space", ["rgb", "y"])
+def test_psnr_and_ssim_agree_with_a_numpy_computation(space):
+    rng = np.random.default_rng(7)
+    clean = [cv2.GaussianBlur(rng.uniform(0, 1, (40, 48, 3)), (0, 0), 2) for _ in range(2)]
+    noisy = [np.clip(c + rng.normal(0, 0.05, c.shape), 0, 1) for c in clean]
+    x = torch.from_numpy(np.stack(clean)).permute(0, 3, 1, 2)
+    y = torch.from_numpy(np.stack(noisy)).permute(0, 3, 1, 2)
+
+    psnr, ssim = metrics.psnr(x, y, space), metrics.ssim(x, y, space)
+
+    assert psnr.dtype == ssim.dtype == torch.float64 and psnr.shape == ssim.shape == (2,)
+    np.testing.assert_allclose(psnr.numpy(), [numpy_psnr(a, b, space) for a, b in zip(clean, noisy)], atol=1e-4)
+    np.testing.assert_allclose(ssim.numpy(), [numpy_ssim(a, b, space) for a, b in zip(clean, noisy)], atol=1e-4)
+    assert 0.3 < ssim.min() and ssim.max() < 0.99
+    np.testing.assert_allclose(metrics.ssim(x, x, space).numpy(), 1.0, atol=1e-12)
+
+
+def test_an_unknown_colour_space_is_refused():
+    x = as_batch(synthetic_face(0, size=32))
+    with pytest.raises(ValueError, match="space"):
+        metrics.psnr(x, x, space="lab")
+
+
+def every_metric(images: torch.Tensor, references: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {
+        "psnr": metrics.psnr(images, references),
+        "psnr_y": metrics.psnr(images, references, "y"),
+        "ssim": metrics.ssim(images, references),
+        "ssim_y": metrics.ssim(images, references, "y"),
+        **metrics.no_reference(images),
+    }
+
+
+def test_an_image_scores_the_same_alone_and_in_a_batch():
+    images = as_batch(*(synthetic_face(i, size=192) for i in range(3)))
+    references = as_batch(*(synthetic_face(i, size=192, degrade=False) for i in range(3)))
+    batched = every_metric(images, references)
+    for i in range(3):
+        alone = every_metric(images[i : i + 1], references[i : i + 1])
+        for name, values in batched.items():
+            assert values.dtype == torch.float64 and values.shape == (3,), name
+            assert torch.isfinite(values[i]), name
+            np.testing.assert_allclose(alone[name].numpy(), values[i : i + 1].numpy(), rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_no_reference_keys():
+    x = as_batch(synthetic_face(0, size=96))
+    assert list(metrics.no_reference(x)) == [
+        "sharpness",
+        "noise",
+        "blockiness",
+        "brightness",
+        "contrast",
+        "colourfulness",
+        "niqe",
+    ]
+
+
+def test_sharpness_falls_as_blur_grows():
+    face = textured_face(0, size=256)
+    blurred = [face] + [cv2.GaussianBlur(face, (0, 0), sigma) for sigma in (0.5, 1, 2, 4)]
+    values = metrics.sharpness(as_batch(*blurred)).numpy()
+    assert np.all(np.diff(values) < 0), values
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("sigma", [5.0, 10.0, 20.0])
+def test_noise_estimate_is_within_15_percent_of_the_added_sigma(seed, sigma):
+    face = synthetic_face(seed, degrade=False).astype(np.float64)
+    # The same noise on R, G and B: the luma (weights summing to 1) carries exactly that sigma.
+    noise = np.random.default_rng(seed).normal(0, sigma, face.shape[:2])[..., None]
+    estimate = metrics.noise_level(as_batch(face + noise)).item()
+    assert abs(estimate - sigma) < 0.15 * sigma
+    assert metrics.noise_level(as_batch(face)).item() < 1.0
+    # Without edges the estimator is unbiased; 510x510 residuals leave it about 0.3% of spread.
+    flat = np.full_like(face, 128.0)
+    assert metrics.noise_level(as_batch(flat + noise)).item() == pytest.approx(sigma, rel=0.02)
+
+
+def test_blockiness_rises_as_jpeg_quality_falls():
+    face = synthetic_face(1, degrade=False)
+    decoded = []
+    for quality in (90, 50, 20, 10):
+        _, jpeg = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        decoded.append(cv2.imdecode(jpeg, cv2.IMREAD_UNCHANGED))
+    values = metrics.blockiness(as_batch(*decoded)).numpy()
+    assert np.all(np.diff(values) > 0), values
+    assert values[-1] > 1.5
+
+
+def test_known_answers_on_constant_images():
+    rgb = np.array([0.2, 0.5, 0.8])
+    x = torch.from_numpy(np.broadcast_to(rgb, (1, 32, 32, 3)).copy()).permute(0, 3, 1, 2)
+    r, g, b = 255 * rgb
+    assert metrics.brightness(x).item() == pytest.approx(0.299 * r + 0.587 * g + 0.114 * b, abs=1e-9)
+    assert metrics.contrast(x).item() == pytest.approx(0, abs=1e-9)
+    assert metrics.sharpness(x).item() == pytest.approx(0, abs=1e-9)
+    assert metrics.noise_level(x).item() == pytest.approx(0, abs=1e-9)
+    assert metrics.blockiness(x).item() == pytest.approx(1.0)
+    assert metrics.colourfulness(x).item() == pytest.approx(0.3 * math.hypot(r - g, (r + g) / 2 - b), abs=1e-9)
+    grey = torch.full((1, 3, 16, 16), 0.4, dtype=torch.float64)
+    assert metrics.colourfulness(grey).item() == pytest.approx(0, abs=1e-9)
+
+
+def test_known_answers_on_a_checkerboard_and_a_two_colour_image():
+    board = np.indices((32, 32)).sum(axis=0) % 2 * 255.0
+    x = as_batch(np.repeat(board[..., None], 3, axis=2))
+    assert metrics.brightness(x).item() == pytest.approx(127.5)
+    assert metrics.contrast(x).item() == pytest.approx(127.5)
+    # Each pixel differs by 255 from its four neighbours: the Laplacian is -1020 on white and +1020 on black.
+    assert metrics.sharpness(x).item() == pytest.approx(1020.0**2)
+
+    halves = np.zeros((16, 16, 3))
+    halves[:, :8, 0] = 255  # red | blue
+    halves[:, 8:, 2] = 255
+    # rg = 255 | 0 and yb = 127.5 | -255: means 127.5 and -63.75, standard deviations 127.5 and 191.25.
+    expected = math.hypot(127.5, 191.25) + 0.3 * math.hypot(127.5, -63.75)
+    assert metrics.colourfulness(as_batch(halves)).item() == pytest.approx(expected)
+
+
+def test_niqe_is_worse_for_a_blurred_noisy_image():
+    face = textured_face(1)
+    rng = np.random.default_rng(3)
+    bad = np.clip(cv2.GaussianBlur(face.astype(np.float64), (0, 0), 3) + rng.normal(0, 15, face.shape), 0, 255)
+    clean, degraded = metrics.niqe(as_batch(face, bad)).numpy()
+    assert np.isfinite(clean) and np.isfinite(degraded)
+    assert degraded > clean + 2
+
+
+def test_niqe_regression_value():
+    # BasicSR's niqe.py run with numpy in float64 (its imresize switched from float32 to float64) gives
+    # 9.575101393774649 for this image; BasicSR as released, in float32, gives 9.57512340078408.
+    assert metrics.niqe(as_batch(textured_face(0))).item() == pytest.approx(9.575101393774649, abs=1e-6)
+
+
+def test_niqe_of_flat_areas_does_not_depend_on_rounding_residues():
+    # NIQE ignores a uniform offset of the luma; here one of exactly 20 Y levels (R, G and B raised by 20/219).
+    # The flat areas of these faces give residues that change with the offset unless snapped to 0: without
+    # the snapping the values below move by up to 1.7.
+    faces = as_batch(*(synthetic_face(i, size=288, degrade=False) for i in range(3)))
+    np.testing.assert_allclose(metrics.niqe(faces + 20 / 219).numpy(), metrics.niqe(faces).numpy(), atol=1e-6)
+
+
+def test_niqe_of_a_flat_image_is_nan_and_of_a_small_one_an_error():
+    assert math.isnan(metrics.niqe(torch.full((1, 3, 192, 192), 0.5, dtype=torch.float64)).item())
+    with pytest.raises(ValueError, match="96x96"):
+        metrics.niqe(torch.zeros(1, 3, 95, 200))
+
+
+def test_face_facts_of_the_template():
+    template = FFHQ_TEMPLATE_512[None]
+    (dx, dy) = FFHQ_TEMPLATE_512[1] - FFHQ_TEMPLATE_512[0]
+    np.testing.assert_allclose(metrics.interocular(template), [math.hypot(dx, dy)])
+    yaw, roll = metrics.pose(template)
+    assert abs(yaw[0]) < 0.05
+    np.testing.assert_allclose(roll, [math.degrees(math.atan2(dy, dx))])
+    assert abs(roll[0]) < 0.2
+
+
+def test_pose_known_answers():
+    frontal = np.array([[-50.0, 0], [50, 0], [0, 40], [-40, 90], [40, 90]]) + [300, 200]
+    turned = frontal.copy()
+    turned[2, 0] += metrics.NOSE_DEPTH * 100 * math.tan(math.radians(30))  # nose to the image right
+    angle = math.radians(10)
+    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    rotated = (np.stack([frontal, turned]) - [256, 256]) @ rotation.T * 1.7 + [256, 256]
+
+    yaw, roll = metrics.pose(np.stack([frontal, turned]))
+    np.testing.assert_allclose(yaw, [0, 30], atol=1e-9)
+    np.testing.assert_allclose(roll, [0, 0], atol=1e-9)
+    yaw, roll = metrics.pose(rotated)
+    np.testing.assert_allclose(yaw, [0, 30], atol=1e-9)
+    np.testing.assert_allclose(roll, [10, 10], atol=1e-9)
+    np.testing.assert_allclose(metrics.interocular(rotated), [170, 170])
+
+
+def test_landmark_distance_of_a_shifted_copy_is_the_shift():
+    a = np.stack([FFHQ_TEMPLATE_512, FFHQ_TEMPLATE_512 * 0.5])
+    np.testing.assert_allclose(metrics.landmark_distance(a, a + [3.0, -4.0]), [5, 5])
+    np.testing.assert_allclose(metrics.landmark_distance(a, a), [0, 0])
+
+
+def test_arcface_crop_is_insightface_norm_crop_in_bgr():
+    affine = metrics.arcface_affine()
+    mapped = FFHQ_TEMPLATE_512 @ affine[:2, :2].T + affine[:, 2]
+    assert np.abs(mapped - metrics.ARCFACE_TEMPLATE_112).max() < 2.5
+
+    face = synthetic_face(2)
+    expected = cv2.warpAffine(face.astype(np.float32) / 255, affine, (112, 112), borderValue=0)[..., ::-1] * 2 - 1
+    crop = metrics.arcface_input(as_batch(face).float())
+    assert crop.shape == (1, 3, 112, 112) and crop.dtype == torch.float32
+    np.testing.assert_allclose(crop[0].permute(1, 2, 0).numpy(), expected, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def arcface():
+    torch.manual_seed(0)
+    return Backbone(num_layers=50, drop_ratio=0.6, mode="ir_se")
+
+
+def test_identity_similarity(arcface):
+    faces = as_batch(*(synthetic_face(i) for i in range(3))).float()
+    batch = metrics.identity_embeddings(arcface, faces)
+    alone = metrics.identity_embeddings(arcface, faces[1:2])
+
+    assert batch.shape == (3, 512)
+    np.testing.assert_allclose(batch.norm(dim=1).numpy(), 1, atol=1e-6)
+    np.testing.assert_allclose(alone[0].numpy(), batch[1].numpy(), atol=1e-5)
+    cosine, degrees = metrics.ids(batch, batch)
+    np.testing.assert_allclose(cosine.numpy(), 1, atol=1e-5)
+    np.testing.assert_allclose(degrees.numpy(), 0, atol=1e-3)
+    forward, backward = metrics.ids(batch, batch.roll(1, dims=0)), metrics.ids(batch.roll(1, dims=0), batch)
+    np.testing.assert_allclose(forward[0].numpy(), backward[0].numpy(), atol=1e-12)
+    np.testing.assert_allclose(forward[1].numpy(), np.degrees(np.arccos(forward[0].numpy())), atol=1e-9)
+    assert forward[0].max() < 0.99
