@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from codeformer_core import metrics
+from codeformer_core.detect import Detector
 
 
 def as_tensor(faces: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
@@ -37,3 +39,14 @@ def measure_faces(
             values |= {"ids_cosine": cosine.tolist(), "ids_degrees": degrees.tolist()}
         out += [{k: v[j] for k, v in values.items()} for j in range(len(x))]
     return out
+
+
+def landmark_distances(detector: Detector, faces: Sequence[np.ndarray], restored: Sequence[np.ndarray]) -> list[float]:
+    """LMD of each pair: the mean distance in crop pixels between the 5 landmarks of the best face the
+    detector finds in the face and in its restoration; NaN where it finds none in either."""
+    found = detector.detect(list(faces) + list(restored))
+    pairs = zip(found[: len(faces)], found[len(faces) :])
+    return [
+        float(metrics.landmark_distance(a[0].landmarks[None], b[0].landmarks[None])[0]) if a and b else math.nan
+        for a, b in pairs
+    ]

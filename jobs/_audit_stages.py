@@ -20,7 +20,8 @@ import schemas.audit_faces
 import schemas.audit_images
 from codeformer_core import codec, io, metrics
 from codeformer_core.arcface import load_arcface
-from codeformer_core.measure import measure_faces
+from codeformer_core.detect import Detector
+from codeformer_core.measure import landmark_distances, measure_faces
 from codeformer_core.thresholds import Rule, failed
 from jobs import _ledger
 from jobs._udf import TYPES, Batch, RestoreFaces, as_batch, clean, face_of, short_error
@@ -46,13 +47,16 @@ class MeasureFaces:
     """Actor stage: no-reference metrics of every aligned face; with `restore`, CodeFormer restores
     each face and ArcFace compares it with its input (identity similarity)."""
 
-    def __init__(self, restore: dict | None, arcface: dict | None, device: str, batch_size: int, threads: int | None) -> None:
+    def __init__(
+        self, restore: dict | None, arcface: dict | None, detect: dict | None, device: str, batch_size: int, threads: int | None
+    ) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.restore = RestoreFaces(**restore) if restore else None
         self.arcface = load_arcface(self.device, **arcface) if arcface else None
+        self.detector = Detector.from_weights(device=self.device, **detect) if detect else None
 
     def __call__(self, batch: Batch) -> pa.Table:
         if self.restore:
@@ -66,6 +70,9 @@ class MeasureFaces:
         restored_thumbs: list[list[bytes]] = [[] for _ in status]
         try:
             measured = measure_faces(faces, restored if self.restore else None, self.arcface, self.device, self.batch_size)
+            if self.detector:
+                for values, lmd in zip(measured, landmark_distances(self.detector, faces, restored)):
+                    values["lmd"] = lmd
             for (i, k), values, face in zip(todo, measured, faces):
                 measures[i].append(json.dumps(values))
                 thumbs[i].append(thumbnail(face))

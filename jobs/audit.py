@@ -6,8 +6,8 @@ Each face (every face RetinaFace finds in a whole image, the manifest's `landmar
 image itself with --aligned) gets its face facts (detection score, size, eye distance, yaw and
 roll from the 5 landmarks) and no-reference quality metrics (sharpness, noise, JPEG
 blockiness, brightness, contrast, colourfulness, NIQE). With --restore, CodeFormer restores it
-and the same metrics of the result, plus the ArcFace identity similarity between input and
-result, are added. Output under --output: images/ (one row per input) and faces/ (one row per
+and the same metrics of the result, the ArcFace identity similarity between input and result,
+and the landmark distance (LMD) between them, are added. Output under --output: images/ (one row per input) and faces/ (one row per
 face, with `keep` and `dropped_by` from --thresholds), kept.parquet (a manifest of the kept
 faces: source_uri and landmarks, which the other jobs take as --input), and report.html with
 figures/*.png. The report is built from the written tables by a streaming pass whose memory
@@ -165,7 +165,7 @@ def preflight(cfg: AuditConfig) -> tuple[pa.Table, WeightsInfo | None, _ledger.R
     inputs = _common.list_inputs(cfg.input, cfg.uri_column, cfg.limit)
     weights = codeformer_weights(cfg.weights, cfg.weights_dir)[1] if cfg.restore else None
     if not cfg.synthetic_weights:
-        if _common.needs_detector(cfg.aligned, inputs):
+        if _common.needs_detector(cfg.aligned, inputs) or cfg.restore:
             resolve(cfg.detector_weights or cfg.detect.model, weights_dir=cfg.weights_dir)
         if cfg.restore:
             resolve(cfg.arcface_weights or "arcface", weights_dir=cfg.weights_dir)
@@ -210,13 +210,14 @@ def plan(cfg: AuditConfig, pending: pa.Table, weights: WeightsInfo | None, run: 
                 },
             )
         ds = ds.map_batches(_udf.align_faces, **cpu_stage)
-    restore = arcface = None
+    restore = arcface = detect = None
     if weights:
         restore = {
             "weights": cfg.weights, "weights_dir": cfg.weights_dir, "expected_sha256": weights.sha256,
             "device": device, "batch_size": cfg.batch_size, "fidelity": cfg.fidelity, "threads": threads,
         }
         arcface = {"weights": cfg.arcface_weights, "weights_dir": cfg.weights_dir, "synthetic_seed": 1 if cfg.synthetic_weights else None}
+        detect = {"config": cfg.detect, "weights": cfg.detector_weights, "weights_dir": cfg.weights_dir, "synthetic_seed": 1 if cfg.synthetic_weights else None}
     ds = ds.map_batches(
         _audit_stages.MeasureFaces,
         batch_format="numpy",
@@ -224,7 +225,7 @@ def plan(cfg: AuditConfig, pending: pa.Table, weights: WeightsInfo | None, run: 
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
         num_gpus=0.75 if gpus else 0,
         num_cpus=0.5,
-        fn_constructor_kwargs={"restore": restore, "arcface": arcface, "device": device, "batch_size": cfg.batch_size, "threads": threads},
+        fn_constructor_kwargs={"restore": restore, "arcface": arcface, "detect": detect, "device": device, "batch_size": cfg.batch_size, "threads": threads},
     )
     return ds.map_batches(_audit_stages.write_audit, fn_kwargs={"output": cfg.output, "run": run, "rules": cfg.thresholds}, **cpu_stage)
 

@@ -7,12 +7,12 @@ import pyarrow as pa
 
 from schemas import IMAGE_STRUCT, versioned
 
-VERSION = 1
+VERSION = 2
 
 NO_REFERENCE = ("sharpness", "noise", "blockiness", "brightness", "contrast", "colourfulness", "niqe")
 FACE_FACTS = ("det_score", "face_size", "interocular", "yaw", "roll")
 RESTORED = tuple(f"restored_{name}" for name in NO_REFERENCE) + ("ids_cosine", "ids_degrees")
-MEASURES = FACE_FACTS + NO_REFERENCE + RESTORED
+MEASURES = FACE_FACTS + NO_REFERENCE + RESTORED + ("lmd",)
 
 SCHEMA = versioned(
     "audit_faces",
@@ -31,6 +31,7 @@ SCHEMA = versioned(
         pa.field("roll", pa.float32()),
         *[pa.field(name, pa.float64()) for name in NO_REFERENCE],  # null where undefined: NIQE of a face without two textured 96-px blocks
         *[pa.field(name, pa.float64()) for name in RESTORED],  # null without --restore
+        pa.field("lmd", pa.float64()),  # with --restore: landmark distance input vs restored, crop pixels; null if either has no face
         pa.field("keep", pa.bool_(), nullable=False),
         pa.field("dropped_by", pa.list_(pa.string()), nullable=False),  # names of the failed threshold rules
         pa.field("thumbnail", IMAGE_STRUCT, nullable=False),  # the aligned input face, 128x128 JPEG

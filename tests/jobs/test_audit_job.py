@@ -212,6 +212,7 @@ def test_restore_adds_output_metrics_and_identity_similarity(restored):
     for name in schemas.audit_faces.RESTORED:
         assert faces[name].notna().all(), name
     assert faces.ids_cosine.between(-1, 1).all()
+    assert (faces.lmd.isna() | (faces.lmd >= 0)).all()
     np.testing.assert_allclose(np.degrees(np.arccos(faces.ids_cosine)), faces.ids_degrees, atol=1e-6)
     assert faces.landmarks.isna().all() and faces.yaw.isna().all()  # aligned inputs carry no landmarks
     for row in faces.itertuples():

@@ -281,3 +281,15 @@ def test_identity_similarity(arcface):
     np.testing.assert_allclose(forward[0].numpy(), backward[0].numpy(), atol=1e-12)
     np.testing.assert_allclose(forward[1].numpy(), np.degrees(np.arccos(forward[0].numpy())), atol=1e-9)
     assert forward[0].max() < 0.99
+
+
+def test_landmark_distance_of_restorations_uses_the_detectors_best_face():
+    """With the real RetinaFace (synthetic weights): a face against itself is 0; without faces, NaN."""
+    from codeformer_core.detect import DetectConfig, Detector
+    from codeformer_core.measure import landmark_distances
+
+    faces = [synthetic_face(i, degrade=False) for i in range(2)]
+    finds = Detector.from_weights(DetectConfig(conf_threshold=0.0), torch.device("cpu"), synthetic_seed=1)
+    assert landmark_distances(finds, faces, faces) == [0.0, 0.0]
+    blind = Detector.from_weights(DetectConfig(conf_threshold=1.01), torch.device("cpu"), synthetic_seed=1)
+    assert all(math.isnan(v) for v in landmark_distances(blind, faces, faces))
