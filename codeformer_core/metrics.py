@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -332,18 +333,25 @@ def niqe(x: Tensor) -> Tensor:
     return torch.where(usable, quality, torch.nan)
 
 
-def no_reference(x: Tensor) -> dict[str, Tensor]:
-    """All no-reference measures of a batch, each (N,) float64."""
+NO_REFERENCE = ("sharpness", "noise", "blockiness", "brightness", "contrast", "colourfulness", "niqe")
+
+
+def no_reference(x: Tensor, names: Collection[str] = NO_REFERENCE) -> dict[str, Tensor]:
+    """The no-reference measures `names` (all by default) of a batch, each (N,) float64, in NO_REFERENCE order."""
+    unknown = set(names) - set(NO_REFERENCE)
+    if unknown:
+        raise ValueError(f"unknown no-reference metrics {sorted(unknown)}; known: {', '.join(NO_REFERENCE)}")
     lum = luma(x)
-    return {
-        "sharpness": _sharpness(lum),
-        "noise": _noise_level(lum),
-        "blockiness": _blockiness(lum),
-        "brightness": lum.mean(dim=(1, 2)),
-        "contrast": lum.std(dim=(1, 2), correction=0),
-        "colourfulness": colourfulness(x),
-        "niqe": niqe(x),
+    measures = {
+        "sharpness": lambda: _sharpness(lum),
+        "noise": lambda: _noise_level(lum),
+        "blockiness": lambda: _blockiness(lum),
+        "brightness": lambda: lum.mean(dim=(1, 2)),
+        "contrast": lambda: lum.std(dim=(1, 2), correction=0),
+        "colourfulness": lambda: colourfulness(x),
+        "niqe": lambda: niqe(x),
     }
+    return {name: measures[name]() for name in NO_REFERENCE if name in names}
 
 
 def interocular(landmarks: np.ndarray) -> np.ndarray:

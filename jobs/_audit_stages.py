@@ -44,16 +44,24 @@ def thumbnail(face: np.ndarray) -> bytes:
 
 
 class MeasureFaces:
-    """Actor stage: no-reference metrics of every aligned face; with `restore`, CodeFormer restores
-    each face and ArcFace compares it with its input (identity similarity)."""
+    """Actor stage: the no-reference metrics `metrics` of every aligned face; with `restore`, CodeFormer
+    restores each face and ArcFace compares it with its input (identity similarity)."""
 
     def __init__(
-        self, restore: dict | None, arcface: dict | None, detect: dict | None, device: str, batch_size: int, threads: int | None
+        self,
+        metrics: tuple[str, ...],
+        restore: dict | None,
+        arcface: dict | None,
+        detect: dict | None,
+        device: str,
+        batch_size: int,
+        threads: int | None,
     ) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.metrics = metrics
         self.restore = RestoreFaces(**restore) if restore else None
         self.arcface = load_arcface(self.device, **arcface) if arcface else None
         self.detector = Detector.from_weights(device=self.device, **detect) if detect else None
@@ -69,7 +77,7 @@ class MeasureFaces:
         thumbs: list[list[bytes]] = [[] for _ in status]
         restored_thumbs: list[list[bytes]] = [[] for _ in status]
         try:
-            measured = measure_faces(faces, restored if self.restore else None, self.arcface, self.device, self.batch_size)
+            measured = measure_faces(faces, restored if self.restore else None, self.arcface, self.device, self.batch_size, self.metrics)
             if self.detector:
                 for values, lmd in zip(measured, landmark_distances(self.detector, faces, restored)):
                     values["lmd"] = lmd

@@ -87,7 +87,11 @@ def audit(s3_env, tmp_path_factory):
         env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    again = run_job("jobs.audit", ["--input", f"{out}/kept.parquet", "--output", str(tmp / "again"), "--synthetic-weights"], env)
+    again = run_job(
+        "jobs.audit",
+        ["--input", f"{out}/kept.parquet", "--output", str(tmp / "again"), "--synthetic-weights", "--metrics", "sharpness,brightness"],
+        env,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     return {"out": out, "again": str(tmp / "again"), "env": s3_env, "tmp": tmp, "stdout": result.stdout}
 
@@ -130,6 +134,27 @@ def test_thresholds_decide_keep_and_the_kept_manifest(audit):
     again = load(f"{audit['again']}/faces", audit["env"]).sort_values("face_index")
     assert len(again) == 3 and again.keep.all()  # the manifest is a valid --input of the jobs
     np.testing.assert_allclose(again.sharpness, group.sort_values("face_index").sharpness, rtol=1e-6)
+    np.testing.assert_allclose(again.brightness, group.sort_values("face_index").brightness, rtol=1e-9)
+
+
+def test_metrics_computes_and_reports_only_the_chosen_metrics(audit):
+    again = load(f"{audit['again']}/faces", audit["env"])
+    skipped = [n for n in schemas.audit_faces.NO_REFERENCE if n not in ("sharpness", "brightness")]
+    assert again[skipped].isna().all().all() and again[["sharpness", "brightness"]].notna().all().all()
+    data = summary_data(cio.read_bytes(f"{audit['again']}/report.html").decode())
+    assert {"sharpness", "brightness", "face_size"} <= set(data["metrics"]) and not set(skipped) & set(data["metrics"])
+
+
+def test_thresholds_on_metrics_left_out_are_refused(tmp_path):
+    thresholds = tmp_path / "t.json"
+    thresholds.write_text(json.dumps({"niqe": {"max": 10}}))
+    result = run_job(
+        "jobs.audit",
+        ["--input", str(tmp_path), "--output", str(tmp_path / "out"), "--thresholds", str(thresholds), "--metrics", "sharpness"],
+        job_env(tmp_path),
+    )
+    assert result.returncode == 2 and "thresholds on niqe need those metrics in --metrics" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_tables_match_their_schemas(audit):

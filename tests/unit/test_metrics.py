@@ -9,6 +9,7 @@ import torch
 from facexlib.recognition.arcface_arch import Backbone
 from numpy.lib.stride_tricks import sliding_window_view
 
+import schemas.audit_faces
 from codeformer_core import metrics
 from codeformer_core.align import FFHQ_TEMPLATE_512
 from codeformer_core.samples import synthetic_face
@@ -111,17 +112,20 @@ def test_an_image_scores_the_same_alone_and_in_a_batch():
             np.testing.assert_allclose(alone[name].numpy(), values[i : i + 1].numpy(), rtol=0, atol=1e-6, err_msg=name)
 
 
-def test_no_reference_keys():
+def test_no_reference_keys_match_the_schemas():
     x = as_batch(synthetic_face(0, size=96))
-    assert list(metrics.no_reference(x)) == [
-        "sharpness",
-        "noise",
-        "blockiness",
-        "brightness",
-        "contrast",
-        "colourfulness",
-        "niqe",
-    ]
+    assert tuple(metrics.no_reference(x)) == metrics.NO_REFERENCE == schemas.audit_faces.NO_REFERENCE
+
+
+def test_no_reference_computes_only_the_named_metrics():
+    x = as_batch(synthetic_face(0, size=192))
+    every = metrics.no_reference(x)
+    some = metrics.no_reference(x, ("niqe", "sharpness"))
+    assert list(some) == ["sharpness", "niqe"] and some["niqe"].isfinite().all()
+    for name, values in some.items():
+        torch.testing.assert_close(values, every[name], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="unknown no-reference metrics.*sharpnes"):
+        metrics.no_reference(x, ("sharpnes",))
 
 
 def test_sharpness_falls_as_blur_grows():
