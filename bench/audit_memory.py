@@ -55,8 +55,9 @@ def make_inputs(folder: Path, count: int, size: int) -> Path:
     return manifest
 
 
-def run(manifest: Path, output: Path, count: int, metrics: str, batch_size: int) -> dict:
+def run(manifest: Path, output: Path, count: int, metrics: str, batch_size: int, window: int | None) -> dict:
     argv = ["--input", str(manifest), "--output", str(output), "--limit", str(count), "--metrics", metrics, "--batch-size", str(batch_size)]
+    argv += ["--window", str(window)] if window else []
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", CHILD, *argv], cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -80,6 +81,7 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[200, 1000, 10000, 20000], help="input counts to run (default: 200 1000 10000 20000)")
     parser.add_argument("--metrics", default="brightness,contrast", help="the job's --metrics (default: brightness,contrast)")
     parser.add_argument("--batch-size", type=int, default=32, help="the job's --batch-size (default: 32)")
+    parser.add_argument("--window", type=int, default=None, help="the job's --window (default: the job's default)")
     parser.add_argument("--image-size", type=int, default=64, help="side of the generated input images in px (default: 64)")
     args = parser.parse_args()
 
@@ -87,10 +89,10 @@ def main() -> None:
         folder = Path(tmp) / "in"
         folder.mkdir()
         manifest = make_inputs(folder, max(args.counts), args.image_size)
-        print(f"inputs: {args.image_size}x{args.image_size} JPEGs, one manifest face each; --metrics {args.metrics}, --batch-size {args.batch_size}")
+        print(f"inputs: {args.image_size}x{args.image_size} JPEGs, one manifest face each; --metrics {args.metrics}, --batch-size {args.batch_size}, --window {args.window or 'default'}")
         print(f"{'inputs':>8} {'faces':>8} {'wall s':>8} {'driver peak RSS MiB':>20} {'report KiB':>11} {'files':>6}")
         for count in args.counts:
-            r = run(manifest, Path(tmp) / f"out_{count}", count, args.metrics, args.batch_size)
+            r = run(manifest, Path(tmp) / f"out_{count}", count, args.metrics, args.batch_size, args.window)
             print(f"{r['inputs']:>8} {r['faces']:>8} {r['wall_s']:>8.1f} {r['driver_peak_rss_mib']:>20.1f} {r['report_kib']:>11.1f} {r['report_files']:>6}", flush=True)
 
 

@@ -5,7 +5,9 @@ write) on generated aligned faces in a local folder, run twice, on a small and a
 rate is (large - small faces) / (large - small seconds): fixed costs (actor start, model load,
 filling and draining the pipeline) cancel out; both wall times are printed too.
 Model only: `Restorer.restore` on the same crops, batch by batch, after one warm-up batch.
-Pipeline efficiency = end-to-end faces/s / model-only faces/s. Synthetic weights.
+Pipeline efficiency = end-to-end faces/s / model-only faces/s. Synthetic weights; both run the
+job's default speed settings for this machine (`Speed(precision="fp32")`, layout chosen as the
+job chooses it: Winograd convolutions on CPUs with NNPACK).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from codeformer_core.restore import Restorer
+from codeformer_core.restore import Restorer, Speed
 from codeformer_core.samples import synthetic_face
 from codeformer_core.weights import build_codeformer, codeformer_weights
 from jobs import _common, restore
@@ -31,8 +33,8 @@ def end_to_end(argv: list[str], faces: int) -> float:
     cfg = restore.config_from_args(argv)
     start = time.perf_counter()
     uris, weights, _ = restore.preflight(cfg)
-    ds = restore.plan(cfg, uris, weights, restore.run_record(cfg, weights))
-    restored = sum(int(n) for batch in ds.iter_batches(batch_size=None, batch_format="numpy") for n in batch["items"])
+    plans = restore.plan(cfg, uris, weights, restore.run_record(cfg, weights))
+    restored = sum(int(n) for ds in plans for batch in ds.iter_batches(batch_size=None, batch_format="numpy") for n in batch["items"])
     assert restored == faces, f"{restored} faces restored, {faces} expected"
     return time.perf_counter() - start
 
@@ -46,7 +48,7 @@ def aligned_run(folder: Path, output: Path, batch_size: int, limit: int) -> floa
 def model_only(crops: np.ndarray, batch_size: int, threads: int) -> float:
     torch.set_num_threads(threads)
     state_dict, _ = codeformer_weights("synthetic:1")
-    restorer = Restorer(build_codeformer(state_dict), torch.device("cpu"), batch_size)
+    restorer = Restorer(build_codeformer(state_dict), torch.device("cpu"), Speed(precision="fp32", batch_size=batch_size))
     times = []
     for i, start in enumerate(range(0, len(crops), batch_size)):
         t = time.perf_counter()
@@ -60,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", type=int, default=4, help="faces in the small run (default 4)")
     parser.add_argument("--faces", type=int, default=12, help="faces in the large run (default 12)")
-    parser.add_argument("--batch-size", type=int, default=4, help="faces per forward pass (default 4)")
+    parser.add_argument("--batch-size", type=int, default=1, help="faces per forward pass (default 1, the job's auto on CPUs)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,7 +77,8 @@ def main() -> None:
         small = aligned_run(folder, Path(tmp) / "small", args.batch_size, args.small)
         large = aligned_run(folder, Path(tmp) / "large", args.batch_size, args.faces)
     job_rate = (args.faces - args.small) / (large - small)
-    print(f"batch {args.batch_size}, fp32 on CPU, {threads} torch threads")
+    restorer = Restorer(build_codeformer(codeformer_weights("synthetic:1")[0]), torch.device("cpu"), Speed(precision="fp32", batch_size=args.batch_size))
+    print(f"batch {args.batch_size}, fp32 on CPU (Winograd {restorer.winograd}, channels_last {restorer.channels_last}), {threads} torch threads")
     print(f"end to end : {job_rate:.4f} faces/s ({args.small} faces in {small:.1f} s, {args.faces} in {large:.1f} s)")
     print(f"model only : {model_rate:.4f} faces/s")
     print(f"pipeline efficiency: {job_rate / model_rate:.3f}")

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -17,9 +18,13 @@ import pyarrow.compute as pc
 
 from codeformer_core import io
 from codeformer_core.detect import MODELS, DetectConfig
+from codeformer_core.restore import PRECISIONS, Speed
 from jobs import _ledger
 
 LANDMARKS_COLUMN = "landmarks"
+# Ray Data keeps statistics of every block a run has made in the driver until the run ends
+# (ray-project/ray#66016), so the inputs go through in runs of at most this many batches.
+WINDOW_BATCHES = 2000
 
 
 class UsageError(Exception):
@@ -100,20 +105,76 @@ def pending_inputs(inputs: pa.Table, resume: _ledger.Resume) -> pa.Table:
     return pending
 
 
-def drive(ds, inputs: int, statuses: Counter, desc: str, unit: str) -> int:
-    """Run the plan to its end with a progress bar; count statuses in; return the `unit`s made this run."""
+def windows(pending: pa.Table, batch_size: int, window: int | None) -> Iterator[pa.Table]:
+    """Consecutive slices of `pending` of `window` inputs (default WINDOW_BATCHES batches), each one Ray Data run."""
+    size = window or WINDOW_BATCHES * batch_size
+    for start in range(0, pending.num_rows, size):
+        yield pending.slice(start, size)
+
+
+def add_window_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--window",
+        type=positive_int,
+        default=None,
+        help=f"inputs per Ray Data run; the driver's memory grows with a run's size and is freed between runs, "
+        f"and each run starts its actors anew (default: {WINDOW_BATCHES} batches)",
+    )
+
+
+def drive(plans: Iterable, inputs: int, statuses: Counter, desc: str, unit: str) -> int:
+    """Run each plan to its end, one after another, with one progress bar; count statuses in;
+    return the `unit`s made this run."""
     from tqdm import tqdm
 
     start = time.monotonic()
     made = 0
     with tqdm(total=inputs, unit="img", desc=desc, file=sys.stderr) as bar:
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for n, k, st in zip(batch["inputs"], batch["items"], batch["statuses"]):
-                statuses.update(json.loads(st))
-                made += int(k)
-                bar.update(int(n))
-                bar.set_postfix({unit: made, f"{unit}_per_s": f"{made / max(time.monotonic() - start, 1e-9):.3f}"})
+        for ds in plans:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for n, k, st in zip(batch["inputs"], batch["items"], batch["statuses"]):
+                    statuses.update(json.loads(st))
+                    made += int(k)
+                    bar.update(int(n))
+                    bar.set_postfix({unit: made, f"{unit}_per_s": f"{made / max(time.monotonic() - start, 1e-9):.3f}"})
     return made
+
+
+def batch_size_or_auto(text: str) -> int | None:
+    return None if text == "auto" else positive_int(text)
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    s = parser.add_argument_group("how the CodeFormer network runs (docs/BENCHMARKS.md has the measurements)")
+    s.add_argument(
+        "--precision",
+        choices=("auto", *PRECISIONS),
+        default="auto",
+        help="fp32: the official network's arithmetic (TF32 off; bit-faithful with --winograd off); bf16/fp16: a 16-bit network whose norms, AdaIN "
+        "statistics and code-prediction head stay in float32, faster on GPUs and AMX CPUs; auto: bf16 on GPUs "
+        "(fp16 where bf16 is missing) and on CPUs with AMX, else fp32 (default auto)",
+    )
+    s.add_argument(
+        "--channels-last",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="channels_last memory format for the network; auto: on for CPUs where Winograd is off and for 16-bit precisions on GPUs (default auto)",
+    )
+    s.add_argument(
+        "--winograd",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="3x3 convolutions by NNPACK's Winograd transform, fp32 on CPUs: about 1.7x faster there, the same code "
+        "indices as the direct sums on the golden test; off gives the direct sums, bit-faithful to the official "
+        "network with --channels-last off; auto: on for fp32 on CPUs unless --channels-last on (default auto)",
+    )
+    s.add_argument("--compile", action="store_true", help="torch.compile the network: faster forwards after a warm-up of a minute or more per actor")
+
+
+def speed_from_args(args: argparse.Namespace, batch_size: int | None) -> Speed:
+    channels_last = {"auto": None, "on": True, "off": False}[args.channels_last]
+    winograd = {"auto": None, "on": True, "off": False}[args.winograd]
+    return Speed(precision=args.precision, channels_last=channels_last, winograd=winograd, compile=args.compile, batch_size=batch_size)
 
 
 def add_detect_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:

@@ -24,7 +24,7 @@ from codeformer_core.arcface import load_arcface
 from codeformer_core.detect import DetectConfig, Detector
 from codeformer_core.measure import measure_faces
 from codeformer_core.parsing import FaceParser
-from codeformer_core.restore import FACE_SIZE, Restorer, as_aligned_face
+from codeformer_core.restore import FACE_SIZE, Restorer, Speed, as_aligned_face
 from jobs import _ledger
 
 Batch = dict[str, np.ndarray]
@@ -197,14 +197,14 @@ class RestoreFaces:
         weights_dir: str | None,
         expected_sha256: str,
         device: str,
-        batch_size: int,
+        speed: Speed,
         fidelity: float,
         threads: int | None,
         arcface: dict | None = None,
     ) -> None:
         if threads:
             torch.set_num_threads(threads)
-        self.restorer, info = Restorer.from_checkpoint(weights, device, batch_size, weights_dir)
+        self.restorer, info = Restorer.from_checkpoint(weights, device, speed, weights_dir)
         self.arcface = load_arcface(torch.device(device), **arcface) if arcface else None
         if info.sha256 != expected_sha256:
             raise RuntimeError(

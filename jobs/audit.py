@@ -33,6 +33,7 @@ from codeformer_core.codec import DEFAULT_MAX_PIXELS
 from codeformer_core.detect import DetectConfig
 from codeformer_core.metrics import NO_REFERENCE
 from codeformer_core.report import render
+from codeformer_core.restore import Speed
 from codeformer_core.summary import AuditSummary, MetricSpec
 from codeformer_core.thresholds import Rule, load_rules
 from codeformer_core.weights import SYNTHETIC_SPEC_PREFIX, WeightsError, WeightsInfo, codeformer_weights, resolve
@@ -77,6 +78,7 @@ class AuditConfig:
     thresholds: tuple[Rule, ...]
     metrics: tuple[str, ...]
     batch_size: int
+    speed: Speed
     gallery_size: int
     limit: int | None
     max_pixels: int
@@ -84,6 +86,7 @@ class AuditConfig:
     workers: int | None
     device: str
     ray_address: str | None
+    window: int | None
     detect: DetectConfig
     detector_weights: str | None
 
@@ -123,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, default=None, help="measuring actors (default: one per GPU, else 1)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the networks and metrics run: auto picks GPUs when the cluster has them (default auto)")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started for this job)")
+    _common.add_window_argument(p)
+    _common.add_speed_arguments(p)
     _common.add_detect_arguments(p)
     return p
 
@@ -155,6 +160,7 @@ def config_from_args(argv: list[str] | None) -> AuditConfig:
         thresholds=rules,
         metrics=args.metrics,
         batch_size=args.batch_size,
+        speed=_common.speed_from_args(args, args.batch_size),
         gallery_size=args.gallery_size,
         limit=args.limit,
         max_pixels=args.max_pixels,
@@ -162,6 +168,7 @@ def config_from_args(argv: list[str] | None) -> AuditConfig:
         workers=args.workers,
         device=args.device,
         ray_address=args.ray_address,
+        window=args.window,
         detect=_common.detect_config(args),
         detector_weights=args.detector_weights,
     )
@@ -176,7 +183,7 @@ def run_record(cfg: AuditConfig, weights: WeightsInfo | None) -> dict:
         "max_pixels": cfg.max_pixels,
         "detect": None if cfg.aligned else asdict(cfg.detect),
         "synthetic_weights": cfg.synthetic_weights,
-        "restore": {"fidelity": cfg.fidelity, "weights_sha256": weights.sha256} if weights else None,
+        "restore": {"fidelity": cfg.fidelity, "precision": cfg.speed.precision, "weights_sha256": weights.sha256} if weights else None,
         "thresholds": [asdict(r) for r in cfg.thresholds],
         "metrics": list(cfg.metrics),
     }
@@ -208,48 +215,52 @@ def plan(cfg: AuditConfig, pending: pa.Table, weights: WeightsInfo | None, run: 
     threads = None if gpus else max(1, (os.cpu_count() or 1) // workers)
     device = "cuda" if gpus else "cpu"
     cpu_stage = {"batch_format": "numpy", "batch_size": cfg.batch_size, "num_cpus": 0.25}
-    blocks = [pending.slice(i, cfg.batch_size) for i in range(0, pending.num_rows, cfg.batch_size)]
 
-    ds = ray.data.from_arrow(blocks)
-    ds = ds.map_batches(_udf.read_images, **cpu_stage)
-    ds = ds.map_batches(_udf.decode_images, fn_kwargs={"max_pixels": cfg.max_pixels, "aligned": cfg.aligned}, **cpu_stage)
-    if not cfg.aligned:
-        if _common.needs_detector(cfg.aligned, pending):
-            ds = ds.map_batches(
-                _udf.DetectFaces,
-                batch_format="numpy",
-                batch_size=cfg.detect.batch_size,
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
-                num_gpus=0.25 if gpus else 0,
-                num_cpus=0.5,
-                fn_constructor_kwargs={
-                    "config": cfg.detect,
-                    "weights": cfg.detector_weights,
-                    "weights_dir": cfg.weights_dir,
-                    "synthetic": cfg.synthetic_weights,
-                    "device": device,
-                    "threads": threads,
-                },
-            )
-        ds = ds.map_batches(_udf.align_faces, **cpu_stage)
-    restore = arcface = detect = None
-    if weights:
-        restore = {
-            "weights": cfg.weights, "weights_dir": cfg.weights_dir, "expected_sha256": weights.sha256,
-            "device": device, "batch_size": cfg.batch_size, "fidelity": cfg.fidelity, "threads": threads,
-        }
-        arcface = {"weights": cfg.arcface_weights, "weights_dir": cfg.weights_dir, "synthetic_seed": 1 if cfg.synthetic_weights else None}
-        detect = {"config": cfg.detect, "weights": cfg.detector_weights, "weights_dir": cfg.weights_dir, "synthetic_seed": 1 if cfg.synthetic_weights else None}
-    ds = ds.map_batches(
-        _audit_stages.MeasureFaces,
-        batch_format="numpy",
-        batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
-        num_gpus=0.75 if gpus else 0,
-        num_cpus=0.5,
-        fn_constructor_kwargs={"metrics": cfg.metrics, "restore": restore, "arcface": arcface, "detect": detect, "device": device, "batch_size": cfg.batch_size, "threads": threads},
-    )
-    return ds.map_batches(_audit_stages.write_audit, fn_kwargs={"output": cfg.output, "run": run, "rules": cfg.thresholds}, **cpu_stage)
+    def build(part: pa.Table):
+        blocks = [part.slice(i, cfg.batch_size) for i in range(0, part.num_rows, cfg.batch_size)]
+
+        ds = ray.data.from_arrow(blocks)
+        ds = ds.map_batches(_udf.read_images, **cpu_stage)
+        ds = ds.map_batches(_udf.decode_images, fn_kwargs={"max_pixels": cfg.max_pixels, "aligned": cfg.aligned}, **cpu_stage)
+        if not cfg.aligned:
+            if _common.needs_detector(cfg.aligned, part):
+                ds = ds.map_batches(
+                    _udf.DetectFaces,
+                    batch_format="numpy",
+                    batch_size=cfg.detect.batch_size,
+                    compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+                    num_gpus=0.25 if gpus else 0,
+                    num_cpus=0.5,
+                    fn_constructor_kwargs={
+                        "config": cfg.detect,
+                        "weights": cfg.detector_weights,
+                        "weights_dir": cfg.weights_dir,
+                        "synthetic": cfg.synthetic_weights,
+                        "device": device,
+                        "threads": threads,
+                    },
+                )
+            ds = ds.map_batches(_udf.align_faces, **cpu_stage)
+        restore = arcface = detect = None
+        if weights:
+            restore = {
+                "weights": cfg.weights, "weights_dir": cfg.weights_dir, "expected_sha256": weights.sha256,
+                "device": device, "speed": cfg.speed, "fidelity": cfg.fidelity, "threads": threads,
+            }
+            arcface = {"weights": cfg.arcface_weights, "weights_dir": cfg.weights_dir, "synthetic_seed": 1 if cfg.synthetic_weights else None}
+            detect = {"config": cfg.detect, "weights": cfg.detector_weights, "weights_dir": cfg.weights_dir, "synthetic_seed": 1 if cfg.synthetic_weights else None}
+        ds = ds.map_batches(
+            _audit_stages.MeasureFaces,
+            batch_format="numpy",
+            batch_size=cfg.batch_size,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+            num_gpus=0.75 if gpus else 0,
+            num_cpus=0.5,
+            fn_constructor_kwargs={"metrics": cfg.metrics, "restore": restore, "arcface": arcface, "detect": detect, "device": device, "batch_size": cfg.batch_size, "threads": threads},
+        )
+        return ds.map_batches(_audit_stages.write_audit, fn_kwargs={"output": cfg.output, "run": run, "rules": cfg.thresholds}, **cpu_stage)
+
+    return map(build, _common.windows(pending, cfg.batch_size, cfg.window))
 
 
 def metric_specs(cfg: AuditConfig) -> tuple[MetricSpec, ...]:
@@ -315,11 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     if pending.num_rows:
         try:
             _common.start_ray(cfg.ray_address)
-            ds = plan(cfg, pending, weights, run_record(cfg, weights))
+            plans = plan(cfg, pending, weights, run_record(cfg, weights))
         except UsageError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        _common.drive(ds, pending.num_rows, statuses, "audit", "faces")
+        _common.drive(plans, pending.num_rows, statuses, "audit", "faces")
     print("summarising the written tables for the report", file=sys.stderr)
     summary, kept = finish(cfg)
     write_report(cfg, summary)

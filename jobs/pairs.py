@@ -51,6 +51,7 @@ class PairsConfig:
     workers: int | None
     device: str
     ray_address: str | None
+    window: int | None
     detect: DetectConfig
     detector_weights: str | None
     synthetic_detector: bool
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, default=None, help="degradation actors (default: one per GPU, else one per CPU core)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where blur and resizes run: auto picks GPUs when the cluster has them (default auto)")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started for this job)")
+    _common.add_window_argument(p)
     p.add_argument("--weights-dir", default=None, help="folder holding the detector checkpoint under its official name (default: $CODEFORMER_WEIGHTS_DIR)")
     d = _common.add_detect_arguments(p)
     d.add_argument("--synthetic-detector", action="store_true", help="random detector weights (offline tests and demos only)")
@@ -116,6 +118,7 @@ def config_from_args(argv: list[str] | None) -> PairsConfig:
         workers=args.workers,
         device=args.device,
         ray_address=args.ray_address,
+        window=args.window,
         detect=_common.detect_config(args),
         detector_weights=args.detector_weights,
         synthetic_detector=args.synthetic_detector,
@@ -159,42 +162,46 @@ def plan(cfg: PairsConfig, pending: pa.Table, run: dict):
     workers = cfg.workers or (gpus or max(1, int(ray.cluster_resources().get("CPU", 1))))
     device = "cuda" if gpus else "cpu"
     cpu_stage = {"batch_format": "numpy", "batch_size": cfg.batch_size, "num_cpus": 0.25}
-    blocks = [pending.slice(i, cfg.batch_size) for i in range(0, pending.num_rows, cfg.batch_size)]
 
-    ds = ray.data.from_arrow(blocks)
-    ds = ds.map_batches(_udf.read_images, **cpu_stage)
-    ds = ds.map_batches(_udf.decode_images, fn_kwargs={"max_pixels": cfg.max_pixels, "aligned": cfg.aligned}, **cpu_stage)
-    if not cfg.aligned:
-        if _common.needs_detector(cfg.aligned, pending):
-            ds = ds.map_batches(
-                _udf.DetectFaces,
-                batch_format="numpy",
-                batch_size=cfg.detect.batch_size,
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1 if not gpus else gpus),
-                num_gpus=0.25 if gpus else 0,
-                num_cpus=0.5,
-                fn_constructor_kwargs={
-                    "config": cfg.detect,
-                    "weights": cfg.detector_weights,
-                    "weights_dir": cfg.weights_dir,
-                    "synthetic": cfg.synthetic_detector,
-                    "device": device,
-                    "threads": None if gpus else os.cpu_count(),
-                },
-            )
-        ds = ds.map_batches(_udf.align_faces, **cpu_stage)
-    ds = ds.map_batches(
-        _pair_stages.MakePairs,
-        batch_format="numpy",
-        batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
-        num_gpus=0.75 if gpus else 0,
-        num_cpus=0.5,
-        fn_constructor_kwargs={
-            "config": cfg.preset, "seed": cfg.seed, "pairs_per_face": cfg.pairs_per_image, "batch_size": cfg.batch_size, "device": device,
-        },
-    )
-    return ds.map_batches(_pair_stages.write_pairs, fn_kwargs={"output": cfg.output, "run": run}, **cpu_stage)
+    def build(part: pa.Table):
+        blocks = [part.slice(i, cfg.batch_size) for i in range(0, part.num_rows, cfg.batch_size)]
+
+        ds = ray.data.from_arrow(blocks)
+        ds = ds.map_batches(_udf.read_images, **cpu_stage)
+        ds = ds.map_batches(_udf.decode_images, fn_kwargs={"max_pixels": cfg.max_pixels, "aligned": cfg.aligned}, **cpu_stage)
+        if not cfg.aligned:
+            if _common.needs_detector(cfg.aligned, part):
+                ds = ds.map_batches(
+                    _udf.DetectFaces,
+                    batch_format="numpy",
+                    batch_size=cfg.detect.batch_size,
+                    compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1 if not gpus else gpus),
+                    num_gpus=0.25 if gpus else 0,
+                    num_cpus=0.5,
+                    fn_constructor_kwargs={
+                        "config": cfg.detect,
+                        "weights": cfg.detector_weights,
+                        "weights_dir": cfg.weights_dir,
+                        "synthetic": cfg.synthetic_detector,
+                        "device": device,
+                        "threads": None if gpus else os.cpu_count(),
+                    },
+                )
+            ds = ds.map_batches(_udf.align_faces, **cpu_stage)
+        ds = ds.map_batches(
+            _pair_stages.MakePairs,
+            batch_format="numpy",
+            batch_size=cfg.batch_size,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+            num_gpus=0.75 if gpus else 0,
+            num_cpus=0.5,
+            fn_constructor_kwargs={
+                "config": cfg.preset, "seed": cfg.seed, "pairs_per_face": cfg.pairs_per_image, "batch_size": cfg.batch_size, "device": device,
+            },
+        )
+        return ds.map_batches(_pair_stages.write_pairs, fn_kwargs={"output": cfg.output, "run": run}, **cpu_stage)
+
+    return map(build, _common.windows(pending, cfg.batch_size, cfg.window))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,11 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     if pending.num_rows:
         try:
             _common.start_ray(cfg.ray_address)
-            ds = plan(cfg, pending, run_record(cfg))
+            plans = plan(cfg, pending, run_record(cfg))
         except UsageError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        made = _common.drive(ds, pending.num_rows, statuses, "pairs", "pairs")
+        made = _common.drive(plans, pending.num_rows, statuses, "pairs", "pairs")
     seconds = time.monotonic() - start
     failures = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()) if k != "ok") or "none"
     print(f"inputs {inputs.num_rows}: ok {statuses.get('ok', 0)}; failures: {failures}")

@@ -26,6 +26,7 @@ import pyarrow as pa
 import codeformer_core
 from codeformer_core.codec import DEFAULT_MAX_PIXELS
 from codeformer_core.detect import DetectConfig
+from codeformer_core.restore import MAX_AUTO_BATCH, Speed
 from codeformer_core.weights import SYNTHETIC_SPEC_PREFIX, WeightsError, WeightsInfo, codeformer_weights, resolve
 from jobs import _common, _ledger, _udf
 from jobs._common import UsageError, list_inputs, positive_int
@@ -47,7 +48,8 @@ class RestoreConfig:
     weights: str
     weights_dir: str | None
     arcface_weights: str | None
-    batch_size: int
+    batch_size: int | None
+    speed: Speed
     limit: int | None
     max_pixels: int
     uri_column: str | None
@@ -55,6 +57,7 @@ class RestoreConfig:
     threads_per_actor: int | None
     device: str
     ray_address: str | None
+    window: int | None
     detect: DetectConfig
     detector_weights: str | None
     detect_layout: str
@@ -86,7 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-weights", action="store_true", help="use synthetic random weights instead of a checkpoint (offline demos and tests; outputs are marked synthetic)")
     p.add_argument("--arcface-weights", default=None, help="ArcFace checkpoint for the identity similarity of each restored face: path or s3:// URI (default: the official file, found like --weights)")
     p.add_argument("--weights-dir", default=None, help="folder holding checkpoints under their official names (default: $CODEFORMER_WEIGHTS_DIR)")
-    p.add_argument("--batch-size", type=positive_int, default=4, help="faces per forward pass of the network (default 4)")
+    p.add_argument(
+        "--batch-size",
+        type=_common.batch_size_or_auto,
+        default=None,
+        help=f"faces per forward pass of the network, or auto: as many as fit in the device's free memory, "
+        f"up to {MAX_AUTO_BATCH['cuda']} on a GPU and {MAX_AUTO_BATCH['cpu']} on a CPU (default auto)",
+    )
     p.add_argument("--limit", type=positive_int, default=None, help="process only the first N inputs in sorted order")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help=f"reject images with more pixels than this before decoding them (default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--uri-column", default=None, help="manifest column holding image URIs (default: the first of uri, source_uri, path, url, image)")
@@ -94,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads-per-actor", type=positive_int, default=None, help="torch threads of each CPU actor (default: the node's cores divided by --actors)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the network runs: auto picks GPUs when the cluster has them (default auto)")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started for this job)")
+    _common.add_window_argument(p)
+    _common.add_speed_arguments(p)
     d = _common.add_detect_arguments(p)
     d.add_argument(
         "--detect-layout",
@@ -126,6 +137,7 @@ def config_from_args(argv: list[str] | None) -> RestoreConfig:
         weights_dir=args.weights_dir,
         arcface_weights=args.arcface_weights,
         batch_size=args.batch_size,
+        speed=_common.speed_from_args(args, args.batch_size),
         limit=args.limit,
         max_pixels=args.max_pixels,
         uri_column=args.uri_column,
@@ -133,6 +145,7 @@ def config_from_args(argv: list[str] | None) -> RestoreConfig:
         threads_per_actor=args.threads_per_actor,
         device=args.device,
         ray_address=args.ray_address,
+        window=args.window,
         detect=_common.detect_config(args),
         detector_weights=args.detector_weights,
         detect_layout=args.detect_layout,
@@ -149,6 +162,7 @@ def run_record(cfg: RestoreConfig, weights: WeightsInfo) -> dict:
         "weights_sha256": weights.sha256,
         "weights_synthetic": weights.synthetic,
         "fidelity": cfg.fidelity,
+        "precision": cfg.speed.precision,
         "arcface_weights": cfg.arcface_weights,
         "aligned": cfg.aligned,
         "max_pixels": cfg.max_pixels,
@@ -193,61 +207,66 @@ def plan(cfg: RestoreConfig, pending: pa.Table, weights: WeightsInfo, run: dict)
     restore_gpus = 0 if not gpus else 0.75 if detecting and not fused else 1
     detect_stage = {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=actors), "num_gpus": 0.25 if gpus else 0, "num_cpus": 0.5}
     restore_stage = {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=actors), "num_gpus": restore_gpus, "num_cpus": 0.5}
-    cpu_stage = {"batch_format": "numpy", "batch_size": cfg.batch_size, "num_cpus": 0.25}
-    blocks = [pending.slice(i, cfg.batch_size) for i in range(0, pending.num_rows, cfg.batch_size)]
-    detect_kwargs = {
-        "config": cfg.detect,
-        "weights": cfg.detector_weights,
-        "weights_dir": cfg.weights_dir,
-        "synthetic": weights.synthetic,
-        "device": device,
-        "threads": threads,
-    }
-    restore_kwargs = {
-        "weights": cfg.weights,
-        "weights_dir": cfg.weights_dir,
-        "expected_sha256": weights.sha256,
-        "device": device,
-        "batch_size": cfg.batch_size,
-        "fidelity": cfg.fidelity,
-        "threads": threads,
-        "arcface": {"weights": cfg.arcface_weights, "weights_dir": cfg.weights_dir, "synthetic_seed": 1 if weights.synthetic else None},
-    }
+    block = cfg.batch_size or MAX_AUTO_BATCH["cuda" if gpus else "cpu"]
+    cpu_stage = {"batch_format": "numpy", "batch_size": block, "num_cpus": 0.25}
 
-    ds = ray.data.from_arrow(blocks)
-    ds = ds.map_batches(_udf.read_images, **cpu_stage)
-    ds = ds.map_batches(_udf.decode_images, fn_kwargs={"max_pixels": cfg.max_pixels, "aligned": cfg.aligned}, **cpu_stage)
-    if fused:
-        ds = ds.map_batches(
-            _udf.DetectAndRestoreFaces,
-            batch_format="numpy",
-            batch_size=cfg.detect.batch_size,
-            fn_constructor_kwargs={"detect": detect_kwargs, "restore": restore_kwargs},
-            **restore_stage,
-        )
-    else:
-        if detecting:
+    def build(part: pa.Table):
+        blocks = [part.slice(i, block) for i in range(0, part.num_rows, block)]
+        detect_kwargs = {
+            "config": cfg.detect,
+            "weights": cfg.detector_weights,
+            "weights_dir": cfg.weights_dir,
+            "synthetic": weights.synthetic,
+            "device": device,
+            "threads": threads,
+        }
+        restore_kwargs = {
+            "weights": cfg.weights,
+            "weights_dir": cfg.weights_dir,
+            "expected_sha256": weights.sha256,
+            "device": device,
+            "speed": cfg.speed,
+            "fidelity": cfg.fidelity,
+            "threads": threads,
+            "arcface": {"weights": cfg.arcface_weights, "weights_dir": cfg.weights_dir, "synthetic_seed": 1 if weights.synthetic else None},
+        }
+
+        ds = ray.data.from_arrow(blocks)
+        ds = ds.map_batches(_udf.read_images, **cpu_stage)
+        ds = ds.map_batches(_udf.decode_images, fn_kwargs={"max_pixels": cfg.max_pixels, "aligned": cfg.aligned}, **cpu_stage)
+        if fused:
             ds = ds.map_batches(
-                _udf.DetectFaces, batch_format="numpy", batch_size=cfg.detect.batch_size, fn_constructor_kwargs=detect_kwargs, **detect_stage
+                _udf.DetectAndRestoreFaces,
+                batch_format="numpy",
+                batch_size=cfg.detect.batch_size,
+                fn_constructor_kwargs={"detect": detect_kwargs, "restore": restore_kwargs},
+                **restore_stage,
             )
-        if not cfg.aligned:
-            ds = ds.map_batches(_udf.align_faces, **cpu_stage)
-        ds = ds.map_batches(
-            _udf.RestoreFaces, batch_format="numpy", batch_size=cfg.batch_size, fn_constructor_kwargs=restore_kwargs, **restore_stage
-        )
-    if cfg.paste:
-        ds = ds.map_batches(
-            _udf.PasteFaces,
-            batch_format="numpy",
-            batch_size=cfg.batch_size,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-            num_cpus=0.5,
-            fn_constructor_kwargs={
-                "upscale": cfg.upscale, "parse": cfg.parse, "weights_dir": cfg.weights_dir, "synthetic": weights.synthetic,
-            },
-        )
-    ds = ds.map_batches(_udf.encode_png, **cpu_stage)
-    return ds.map_batches(_udf.write_part, fn_kwargs={"output": cfg.output, "run": run}, **cpu_stage)
+        else:
+            if detecting:
+                ds = ds.map_batches(
+                    _udf.DetectFaces, batch_format="numpy", batch_size=cfg.detect.batch_size, fn_constructor_kwargs=detect_kwargs, **detect_stage
+                )
+            if not cfg.aligned:
+                ds = ds.map_batches(_udf.align_faces, **cpu_stage)
+            ds = ds.map_batches(
+                _udf.RestoreFaces, batch_format="numpy", batch_size=block, fn_constructor_kwargs=restore_kwargs, **restore_stage
+            )
+        if cfg.paste:
+            ds = ds.map_batches(
+                _udf.PasteFaces,
+                batch_format="numpy",
+                batch_size=block,
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                num_cpus=0.5,
+                fn_constructor_kwargs={
+                    "upscale": cfg.upscale, "parse": cfg.parse, "weights_dir": cfg.weights_dir, "synthetic": weights.synthetic,
+                },
+            )
+        ds = ds.map_batches(_udf.encode_png, **cpu_stage)
+        return ds.map_batches(_udf.write_part, fn_kwargs={"output": cfg.output, "run": run}, **cpu_stage)
+
+    return map(build, _common.windows(pending, block, cfg.window))
 
 
 def summarize(cfg: RestoreConfig, total: int, statuses: Counter, faces: int, seconds: float, new_faces: int, weights: WeightsInfo) -> str:
@@ -281,11 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     if pending.num_rows:
         try:
             _common.start_ray(cfg.ray_address)
-            ds = plan(cfg, pending, weights, run_record(cfg, weights))
+            plans = plan(cfg, pending, weights, run_record(cfg, weights))
         except UsageError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        new_faces = _common.drive(ds, pending.num_rows, statuses, "restore", "faces")
+        new_faces = _common.drive(plans, pending.num_rows, statuses, "restore", "faces")
     faces = resume.items + new_faces
     total = inputs.num_rows
     print(summarize(cfg, total, statuses, faces, time.monotonic() - start, new_faces, weights))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from codeformer_core.arch.transformer import FuseSFT, TransformerLayer, adaptive_instance_norm
+from codeformer_core.arch.transformer import Float32LayerNorm, FuseSFT, TransformerLayer, adaptive_instance_norm
 from codeformer_core.arch.vqgan import BlockStack, VectorQuantizer, encoder_blocks, generator_blocks
 
 IMG_SIZE = 512
@@ -48,7 +48,7 @@ class CodeFormer(nn.Module):
         self.generator = BlockStack(generator_blocks(*stack_args))
         self.feat_emb = nn.Linear(EMB_DIM, dim_embd)
         self.ft_layers = nn.ModuleList(TransformerLayer(dim_embd, n_head, 2 * dim_embd) for _ in range(n_layers))
-        self.idx_pred_layer = nn.Sequential(nn.LayerNorm(dim_embd), nn.Linear(dim_embd, codebook_size, bias=False))
+        self.idx_pred_layer = nn.Sequential(Float32LayerNorm(dim_embd), nn.Linear(dim_embd, codebook_size, bias=False))
         self.fuse_convs_dict = nn.ModuleDict({size: FuseSFT(FUSE_CHANNELS[size]) for size in self.connect_list})
 
     def forward(

@@ -11,6 +11,13 @@ from codeformer_core.arch.vqgan import ResBlock, conv3
 ADAIN_EPS = 1e-5
 
 
+class Float32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the input's dtype; the result is in float32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps)
+
+
 class SelfAttention(nn.Module):
     """Multi-head attention with `nn.MultiheadAttention`'s parameter names, batch-first.
 
@@ -43,27 +50,28 @@ class TransformerLayer(nn.Module):
         self.self_attn = SelfAttention(dim, n_head)
         self.linear1 = nn.Linear(dim, dim_mlp)
         self.linear2 = nn.Linear(dim_mlp, dim)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm1 = Float32LayerNorm(dim)
+        self.norm2 = Float32LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        a = self.norm1(x)
+        a = self.norm1(x).to(x.dtype)
         x = x + self.self_attn(a + pos, a)
-        return x + self.linear2(F.gelu(self.linear1(self.norm2(x))))
+        return x + self.linear2(F.gelu(self.linear1(self.norm2(x).to(x.dtype))))
 
 
 def adaptive_instance_norm(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-    """Give `content` the per-sample, per-channel mean and std of `style` (unbiased variance)."""
+    """Give `content` the per-sample, per-channel mean and std of `style` (unbiased variance),
+    computed in float32; the result is in `content`'s dtype."""
 
     def stats(feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        flat = feat.flatten(2)
+        flat = feat.float().flatten(2)
         mean = flat.mean(dim=2)[..., None, None]
         std = (flat.var(dim=2, unbiased=True) + ADAIN_EPS).sqrt()[..., None, None]
         return mean, std
 
     c_mean, c_std = stats(content)
     s_mean, s_std = stats(style)
-    return (content - c_mean) / c_std * s_std + s_mean
+    return ((content.float() - c_mean) / c_std * s_std + s_mean).to(content.dtype)
 
 
 class FuseSFT(nn.Module):

@@ -15,8 +15,16 @@ from torch import nn
 GROUPNORM_EPS = 1e-6
 
 
+class Float32GroupNorm(nn.GroupNorm):
+    """GroupNorm computed in float32 whatever the input's dtype (its statistics overflow or lose
+    precision in 16 bits); the result is given back in the input's dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
+
+
 def norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=GROUPNORM_EPS, affine=True)
+    return Float32GroupNorm(num_groups=32, num_channels=channels, eps=GROUPNORM_EPS, affine=True)
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:

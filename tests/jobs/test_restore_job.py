@@ -22,7 +22,7 @@ import schemas.faces
 import schemas.images
 from codeformer_core import codec
 from codeformer_core import io as cio
-from codeformer_core.restore import Restorer, as_aligned_face
+from codeformer_core.restore import Restorer, Speed, as_aligned_face
 from codeformer_core.samples import synthetic_face
 from jobs import restore
 from tests.jobs.conftest import ROOT, free_port, job_env, run_job, s3_client
@@ -71,7 +71,7 @@ def restored_on_s3(s3_env, tmp_path_factory):
     env = job_env(tmp, s3_env)
     args = [
         "--input", "s3://faces/in", "--output", "s3://faces/out", "--aligned", "--synthetic-weights",
-        "--batch-size", "4", "--max-pixels", str(MAX_PIXELS),
+        "--batch-size", "4", "--precision", "fp32", "--max-pixels", str(MAX_PIXELS),
     ]
     first = run_job("jobs.restore", args, env)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -149,7 +149,7 @@ def test_job_output_equals_the_library_on_the_same_crops(restored_on_s3, synthet
     faces = read_table("s3://faces/out/faces", restored_on_s3["env"]).to_pandas().set_index("source_uri")
     sample = faces.loc[["s3://faces/in/grey.png", "s3://faces/in/rgba.png"]]
     crops = np.stack([codec.decode_png(c["bytes"]) for c in sample.input_crop])
-    restorer = Restorer(build_codeformer(synthetic_state_dict), device=torch.device("cpu"), batch_size=4)
+    restorer = Restorer(build_codeformer(synthetic_state_dict), torch.device("cpu"), Speed(precision="fp32", batch_size=4))
 
     direct = restorer.restore(crops, fidelity=0.5)
 

@@ -4,6 +4,7 @@ import numpy as np
 
 from codeformer_core import codec
 from codeformer_core.align import FFHQ_TEMPLATE_512
+from codeformer_core.restore import Speed
 from codeformer_core.samples import synthetic_face
 from jobs import _udf
 
@@ -80,7 +81,7 @@ def test_fused_actor_gives_what_the_separate_stages_give():
     detect = {"config": DetectConfig(max_faces=1), "weights": None, "weights_dir": None,
               "synthetic": True, "device": "cpu", "threads": None}
     restore = {"weights": spec, "weights_dir": None, "expected_sha256": codeformer_weights(spec)[1].sha256,
-               "device": "cpu", "batch_size": 1, "fidelity": 0.5, "threads": None}
+               "device": "cpu", "speed": Speed(batch_size=1), "fidelity": 0.5, "threads": None}
 
     fused = _udf.DetectAndRestoreFaces(detect, restore)(batch).to_pydict()
     detected = _udf.DetectFaces(**detect)(batch)
