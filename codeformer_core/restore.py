@@ -1,6 +1,6 @@
 """Restorer: holds a CodeFormer network and restores batches of aligned 512x512 faces.
 
-Speed options (`Speed`): the precision (`fp32`, bit-faithful with TF32 off; `bf16` or `fp16`, a
+Speed options (`Speed`): the precision (`fp32`, the official arithmetic with TF32 off; `bf16` or `fp16`, a
 cast network whose norms, AdaIN statistics and code-prediction head stay in float32), Winograd
 3x3 convolutions (float32 on CPUs), the channels_last memory format, torch.compile, and a batch
 size chosen from free memory."""
@@ -22,8 +22,9 @@ from codeformer_core.weights import WeightsInfo, build_codeformer, codeformer_we
 
 FACE_SIZE = 512
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Peak memory of a forward per face in float32 (activations of the 512x512 stages), with margin;
-# half precisions take half. Measured by bench/restore_forward.py.
+# Memory of a forward per face in float32, with margin; half precisions take half. An estimate:
+# a batch-1 fp32 forward peaked at 1.74 GiB of process RSS on the CPU, weights and runtime
+# included (bench/restore_forward.py); GPU peaks are not measured yet.
 FP32_BYTES_PER_FACE = 1 << 30
 MEMORY_FRACTION = 0.8
 # On CPUs a larger batch is not faster (fp32: the same faces/s at 1 and 4; Winograd: slower).
