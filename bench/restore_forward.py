@@ -124,9 +124,9 @@ def reset_peak(device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", nargs="+", default=["fp32", "fp32+cl", "bf16+cl", "fp32+compile"], help="modes to time (default: fp32 fp32+cl bf16+cl fp32+compile)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4], help="faces per forward pass, for every mode (default: 4)")
-    parser.add_argument("--faces", type=int, default=4, help="faces restored per timed run (default: 4)")
+    parser.add_argument("--modes", nargs="+", default=["fp32", "fp32+wino", "fp32+cl", "bf16+cl"], help="modes to time (default: fp32 fp32+wino fp32+cl bf16+cl)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1], help="faces per forward pass, for every mode (default: 1)")
+    parser.add_argument("--faces", type=int, default=2, help="faces restored per timed run (default: 2)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs after the warm-up (default: 2)")
     parser.add_argument("--fidelity", type=float, default=0.5, help="fidelity weight w (default: 0.5)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
