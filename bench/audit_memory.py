@@ -1,10 +1,11 @@
 """Driver peak memory and report size of the audit job against the number of inputs.
 
 A cheap face source, so that no network and no costly metric dominates: small generated JPEGs
-(--image-size px, default 64) with one face each whose 5 landmarks come from the manifest, so no
-detector runs; no --restore; by default only the brightness and contrast metrics. Every face
-is still read, decoded, aligned to 512x512, measured, thumbnailed, written to Parquet and
-summarised for the report.
+(--image-size px, default 64) with one face each, whose 5 landmarks come from a manifest of
+exactly that many inputs (listing it is part of the measurement), so no detector runs; no
+--restore; by default only the brightness and contrast metrics. Every face is still read,
+decoded, aligned to 512x512, measured, thumbnailed, written to Parquet and summarised for the
+report.
 
 Each count runs the real job (`jobs.audit.main`) in a fresh Python process that starts its own
 local Ray, into a fresh output folder. Its peak resident memory is getrusage(RUSAGE_SELF).ru_maxrss
@@ -56,7 +57,7 @@ def make_inputs(folder: Path, count: int, size: int) -> Path:
 
 
 def run(manifest: Path, output: Path, count: int, metrics: str, batch_size: int, window: int | None) -> dict:
-    argv = ["--input", str(manifest), "--output", str(output), "--limit", str(count), "--metrics", metrics, "--batch-size", str(batch_size)]
+    argv = ["--input", str(manifest), "--output", str(output), "--metrics", metrics, "--batch-size", str(batch_size)]
     argv += ["--window", str(window)] if window else []
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", CHILD, *argv], cwd=ROOT, capture_output=True, text=True)
@@ -92,7 +93,9 @@ def main() -> None:
         print(f"inputs: {args.image_size}x{args.image_size} JPEGs, one manifest face each; --metrics {args.metrics}, --batch-size {args.batch_size}, --window {args.window or 'default'}")
         print(f"{'inputs':>8} {'faces':>8} {'wall s':>8} {'driver peak RSS MiB':>20} {'report KiB':>11} {'files':>6}")
         for count in args.counts:
-            r = run(manifest, Path(tmp) / f"out_{count}", count, args.metrics, args.batch_size, args.window)
+            own = folder / f"manifest_{count}.parquet"
+            pq.write_table(pq.read_table(manifest).slice(0, count), own)
+            r = run(own, Path(tmp) / f"out_{count}", count, args.metrics, args.batch_size, args.window)
             print(f"{r['inputs']:>8} {r['faces']:>8} {r['wall_s']:>8.1f} {r['driver_peak_rss_mib']:>20.1f} {r['report_kib']:>11.1f} {r['report_files']:>6}", flush=True)
 
 

@@ -113,9 +113,11 @@ def read_manifest(uri: str, column: str | None = None) -> pa.Table:
         raise ValueError(f"manifest {uri} has no column {wanted}; its columns are {', '.join(table.column_names)}")
     base = uri.rsplit("/", 1)[0] if is_s3(uri) else str(Path(path).parent)
     table = table.filter(pc.is_valid(table.column(name)))
-    uris = [u if is_s3(u) or u.startswith("/") else join(base, u) for u in table.column(name).to_pylist()]
+    given = table.column(name).cast(pa.string())
+    absolute = pc.or_(pc.starts_with(given, "s3://"), pc.starts_with(given, "/"))
+    uris = pc.if_else(absolute, given, pc.binary_join_element_wise(base.rstrip("/"), pc.utf8_trim(given, "/"), "/"))
     others = [c for c in table.column_names if c not in (name, "source_uri")]
-    return table.select(others).append_column("source_uri", pa.array(uris, pa.string()))
+    return table.select(others).append_column("source_uri", uris)
 
 
 def read_bytes(uri: str) -> bytes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import hashlib
 import json
 import logging
@@ -10,7 +12,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -19,12 +21,18 @@ import pyarrow.compute as pc
 from codeformer_core import io
 from codeformer_core.detect import MODELS, DetectConfig
 from codeformer_core.restore import PRECISIONS, Speed
-from jobs import _ledger
+from jobs import _ledger, _udf
 
 LANDMARKS_COLUMN = "landmarks"
 # Ray Data keeps statistics of every block a run has made in the driver until the run ends
 # (ray-project/ray#66016), so the inputs go through in runs of at most this many batches.
 WINDOW_BATCHES = 2000
+LISTING_CHUNK = 8192
+
+
+# The driver's Arrow buffers come from malloc, whose freed memory release_freed_memory() hands back
+# to the OS; Arrow's default mimalloc pool keeps what it has freed.
+pa.set_memory_pool(pa.system_memory_pool())
 
 
 class UsageError(Exception):
@@ -53,31 +61,40 @@ def parse_landmarks(value: object) -> list[list[float]] | None:
 
 
 def list_inputs(source: str, uri_column: str | None, limit: int | None) -> pa.Table:
-    """`source_uri` (and `manifest_landmarks` when the manifest has them), each input once, sorted, cut to --limit."""
+    """`source_uri` (and `manifest_landmarks` when the manifest has them), each input once, sorted, cut to --limit.
+
+    Arrow does the sorting and de-duplication, and the per-row Python work goes LISTING_CHUNK rows at a
+    time, so that listing a large corpus costs the driver little more than the table it returns."""
     try:
         if io.is_manifest(source):
             manifest = io.read_manifest(source, uri_column)
         else:
-            manifest = pa.table({"source_uri": io.list_images(source)})
+            manifest = pa.table({"source_uri": pa.array(io.list_images(source), pa.string())})
     except FileNotFoundError:
         raise UsageError(f"input {source} does not exist") from None
     except OSError as exc:
         raise UsageError(f"cannot read input {source}: {exc}") from None
-    rows = {}
-    landmarks = manifest.column(LANDMARKS_COLUMN).to_pylist() if LANDMARKS_COLUMN in manifest.column_names else None
-    for i, uri in enumerate(manifest.column("source_uri").to_pylist()):
-        rows.setdefault(uri, i)
-    uris = sorted(rows)[: limit] if limit else sorted(rows)
-    if not uris:
+    numbered = pa.table({"source_uri": manifest.column("source_uri"), "row": np.arange(manifest.num_rows)})
+    firsts = numbered.group_by("source_uri", use_threads=False).aggregate([("row", "min")]).sort_by("source_uri")
+    rows = firsts.column("row_min")[:limit] if limit else firsts.column("row_min")
+    if not len(rows):
         raise UsageError(f"no images (jpg, jpeg, png, webp, bmp) found under {source}")
-    inputs = pa.table({"source_uri": uris, "image_id": [image_id(u) for u in uris]})
-    if landmarks is None:
+    uris = manifest.column("source_uri").take(rows)
+    inputs = pa.table({"source_uri": uris, "image_id": in_chunks(uris, image_id, pa.string())})
+    if LANDMARKS_COLUMN not in manifest.column_names:
         return inputs
     try:
-        faces = [parse_landmarks(landmarks[rows[u]]) for u in uris]
+        faces = in_chunks(manifest.column(LANDMARKS_COLUMN).take(rows), parse_landmarks, pa.list_(pa.list_(pa.float64())))
     except (ValueError, TypeError) as exc:
         raise UsageError(f"manifest column {LANDMARKS_COLUMN!r} must hold lists of 10 numbers per face: {exc}") from None
-    return inputs.append_column("manifest_landmarks", pa.array(faces, pa.list_(pa.list_(pa.float64()))))
+    return inputs.append_column("manifest_landmarks", faces)
+
+
+def in_chunks(values: pa.ChunkedArray, fn: Callable[[object], object], type: pa.DataType) -> pa.ChunkedArray:
+    """`fn` of each value, converted through Python LISTING_CHUNK values at a time."""
+    return pa.chunked_array(
+        [pa.array([fn(v) for v in values.slice(i, LISTING_CHUNK).to_pylist()], type) for i in range(0, len(values), LISTING_CHUNK)], type
+    )
 
 
 def start_ray(address: str | None) -> None:
@@ -93,8 +110,19 @@ def start_ray(address: str | None) -> None:
     logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
+def release_freed_memory() -> None:
+    """Give the memory the driver has freed back to the OS, so that what one phase (listing, a
+    window, the report) used and freed does not stay resident under the next one."""
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
+    if trim:
+        trim(0)
+
+
 def pending_inputs(inputs: pa.Table, resume: _ledger.Resume) -> pa.Table:
     """The inputs no committed part holds yet; says how many there are."""
+    release_freed_memory()
     done = pa.array(sorted(resume.done_ids), pa.string())
     pending = inputs.filter(pc.invert(pc.is_in(inputs.column("image_id"), value_set=done)))
     print(
@@ -110,6 +138,23 @@ def windows(pending: pa.Table, batch_size: int, window: int | None) -> Iterator[
     size = window or WINDOW_BATCHES * batch_size
     for start in range(0, pending.num_rows, size):
         yield pending.slice(start, size)
+
+
+def source(part: pa.Table, batch_size: int):
+    """`part` as a Ray Dataset of blocks of `batch_size` rows, each made by a task as it is needed.
+    ray.data.from_arrow would put every block from the driver up front, and the driver keeps
+    about 40 KB of native memory per block put for the whole run."""
+    import ray
+    from ray.data._internal.datasource.range_datasource import RangeDatasource
+
+    blocks = -(-part.num_rows // batch_size)
+    # ray.data.range's read tasks ask for a whole CPU, which actor pools may leave no room for.
+    numbers = ray.data.read_datasource(
+        RangeDatasource(n=blocks, column_name="id"), override_num_blocks=blocks, ray_remote_args={"num_cpus": 0.25}
+    )
+    return numbers.map_batches(
+        _udf.take_inputs, fn_kwargs={"inputs": part, "batch_size": batch_size}, batch_format="numpy", batch_size=1, num_cpus=0.25
+    )
 
 
 def add_window_argument(parser: argparse.ArgumentParser) -> None:
@@ -137,6 +182,8 @@ def drive(plans: Iterable, inputs: int, statuses: Counter, desc: str, unit: str)
                     made += int(k)
                     bar.update(int(n))
                     bar.set_postfix({unit: made, f"{unit}_per_s": f"{made / max(time.monotonic() - start, 1e-9):.3f}"})
+            del ds
+            release_freed_memory()
     return made
 
 

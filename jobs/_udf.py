@@ -88,6 +88,11 @@ def face_of(data: bytes) -> np.ndarray:
     return np.frombuffer(data, np.uint8).reshape(FACE_SHAPE)
 
 
+def take_inputs(batch: Batch, inputs: pa.Table, batch_size: int) -> pa.Table:
+    """The rows of `inputs` in the blocks numbered in `batch["id"]`, `batch_size` rows each."""
+    return pa.concat_tables([inputs.slice(int(i) * batch_size, batch_size) for i in batch["id"]])
+
+
 def read_images(batch: Batch) -> pa.Table:
     data, status, error = [], [], []
     for uri in batch["source_uri"]:

@@ -217,9 +217,7 @@ def plan(cfg: AuditConfig, pending: pa.Table, weights: WeightsInfo | None, run: 
     cpu_stage = {"batch_format": "numpy", "batch_size": cfg.batch_size, "num_cpus": 0.25}
 
     def build(part: pa.Table):
-        blocks = [part.slice(i, cfg.batch_size) for i in range(0, part.num_rows, cfg.batch_size)]
-
-        ds = ray.data.from_arrow(blocks)
+        ds = _common.source(part, cfg.batch_size)
         ds = ds.map_batches(_udf.read_images, **cpu_stage)
         ds = ds.map_batches(_udf.decode_images, fn_kwargs={"max_pixels": cfg.max_pixels, "aligned": cfg.aligned}, **cpu_stage)
         if not cfg.aligned:

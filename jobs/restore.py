@@ -211,7 +211,6 @@ def plan(cfg: RestoreConfig, pending: pa.Table, weights: WeightsInfo, run: dict)
     cpu_stage = {"batch_format": "numpy", "batch_size": block, "num_cpus": 0.25}
 
     def build(part: pa.Table):
-        blocks = [part.slice(i, block) for i in range(0, part.num_rows, block)]
         detect_kwargs = {
             "config": cfg.detect,
             "weights": cfg.detector_weights,
@@ -231,7 +230,7 @@ def plan(cfg: RestoreConfig, pending: pa.Table, weights: WeightsInfo, run: dict)
             "arcface": {"weights": cfg.arcface_weights, "weights_dir": cfg.weights_dir, "synthetic_seed": 1 if weights.synthetic else None},
         }
 
-        ds = ray.data.from_arrow(blocks)
+        ds = _common.source(part, block)
         ds = ds.map_batches(_udf.read_images, **cpu_stage)
         ds = ds.map_batches(_udf.decode_images, fn_kwargs={"max_pixels": cfg.max_pixels, "aligned": cfg.aligned}, **cpu_stage)
         if fused:

@@ -1,6 +1,7 @@
 """The Ray stages as plain functions on batches, without Ray."""
 
 import numpy as np
+import pyarrow as pa
 
 from codeformer_core import codec
 from codeformer_core.align import FFHQ_TEMPLATE_512
@@ -26,6 +27,13 @@ def test_decode_stage_keeps_every_row_and_explains_failures():
     assert (out["width"], out["height"]) == ([300, None, None], [300, None, None])
     assert [len(c) for c in out["crops"]] == [1, 0, 0] and len(out["crops"][0][0]) == 512 * 512 * 3
     assert "data" not in out
+
+
+def test_source_stage_gives_the_numbered_blocks_of_the_inputs():
+    inputs = pa.table({"source_uri": [f"{i}.png" for i in range(7)], "image_id": [str(i) for i in range(7)]})
+
+    assert _udf.take_inputs({"id": np.array([1])}, inputs, batch_size=3).to_pydict() == {"source_uri": ["3.png", "4.png", "5.png"], "image_id": ["3", "4", "5"]}
+    assert _udf.take_inputs({"id": np.array([2, 0])}, inputs, batch_size=3).column("image_id").to_pylist() == ["6", "0", "1", "2"]
 
 
 def test_read_stage_turns_missing_files_into_rows(tmp_path):
