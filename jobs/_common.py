@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import gc
 import hashlib
 import json
 import logging
 import os
+import resource
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -24,10 +27,12 @@ from codeformer_core.restore import PRECISIONS, Speed
 from jobs import _ledger, _udf
 
 LANDMARKS_COLUMN = "landmarks"
-# Ray Data keeps statistics of every block a run has made in the driver until the run ends
-# (ray-project/ray#66016), so the inputs go through in runs of at most this many batches.
+# The process that runs a Ray Data run keeps memory for every block the run has made until the
+# run ends (ray-project/ray#66016, and native memory of Ray's core worker that even outlives the
+# run), so the inputs go through in runs of at most this many batches, each in a process of its own.
 WINDOW_BATCHES = 2000
 LISTING_CHUNK = 8192
+PROGRESS_SECONDS = 1.0
 
 
 # The driver's Arrow buffers come from malloc, whose freed memory release_freed_memory() hands back
@@ -63,8 +68,9 @@ def parse_landmarks(value: object) -> list[list[float]] | None:
 def list_inputs(source: str, uri_column: str | None, limit: int | None) -> pa.Table:
     """`source_uri` (and `manifest_landmarks` when the manifest has them), each input once, sorted, cut to --limit.
 
-    Arrow does the sorting and de-duplication, and the per-row Python work goes LISTING_CHUNK rows at a
-    time, so that listing a large corpus costs the driver little more than the table it returns."""
+    Arrow does the sorting and de-duplication (a sort, not a hash group-by, whose memory the driver
+    would keep), and the per-row Python work goes LISTING_CHUNK rows at a time, so that listing a
+    large corpus costs the driver little more than the table it returns."""
     try:
         if io.is_manifest(source):
             manifest = io.read_manifest(source, uri_column)
@@ -74,11 +80,12 @@ def list_inputs(source: str, uri_column: str | None, limit: int | None) -> pa.Ta
         raise UsageError(f"input {source} does not exist") from None
     except OSError as exc:
         raise UsageError(f"cannot read input {source}: {exc}") from None
-    numbered = pa.table({"source_uri": manifest.column("source_uri"), "row": np.arange(manifest.num_rows)})
-    firsts = numbered.group_by("source_uri", use_threads=False).aggregate([("row", "min")]).sort_by("source_uri")
-    rows = firsts.column("row_min")[:limit] if limit else firsts.column("row_min")
-    if not len(rows):
+    if not manifest.num_rows:
         raise UsageError(f"no images (jpg, jpeg, png, webp, bmp) found under {source}")
+    order = pc.sort_indices(manifest.column("source_uri"))  # a stable sort: a repeated URI's first row comes first
+    ordered = manifest.column("source_uri").take(order)
+    firsts = pa.concat_arrays([pa.array([True]), pc.not_equal(ordered[1:], ordered[:-1]).combine_chunks()])
+    rows = order.filter(firsts)[:limit]
     uris = manifest.column("source_uri").take(rows)
     inputs = pa.table({"source_uri": uris, "image_id": in_chunks(uris, image_id, pa.string())})
     if LANDMARKS_COLUMN not in manifest.column_names:
@@ -104,6 +111,11 @@ def start_ray(address: str | None) -> None:
         ray.init(address=address, logging_level="ERROR")
     else:
         ray.init(address="local", include_dashboard=False, logging_level="ERROR")
+
+
+def quiet_ray_data() -> None:
+    import ray
+
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
@@ -111,8 +123,8 @@ def start_ray(address: str | None) -> None:
 
 
 def release_freed_memory() -> None:
-    """Give the memory the driver has freed back to the OS, so that what one phase (listing, a
-    window, the report) used and freed does not stay resident under the next one."""
+    """Give the memory the driver has freed back to the OS, so that what one phase (listing, the
+    run, the report's pass over the tables) used and freed does not stay resident under the next."""
     gc.collect()
     pa.default_memory_pool().release_unused()
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
@@ -133,25 +145,23 @@ def pending_inputs(inputs: pa.Table, resume: _ledger.Resume) -> pa.Table:
     return pending
 
 
-def windows(pending: pa.Table, batch_size: int, window: int | None) -> Iterator[pa.Table]:
-    """Consecutive slices of `pending` of `window` inputs (default WINDOW_BATCHES batches), each one Ray Data run."""
+def windows(build: Callable[[pa.Table], object], pending: pa.Table, batch_size: int, window: int | None) -> list[Callable[[], object]]:
+    """`build` of each consecutive slice of `pending` of `window` inputs (default WINDOW_BATCHES
+    batches), for drive() to run, each as one Ray Data run."""
     size = window or WINDOW_BATCHES * batch_size
-    for start in range(0, pending.num_rows, size):
-        yield pending.slice(start, size)
+    return [functools.partial(build, pending.slice(start, size)) for start in range(0, pending.num_rows, size)]
 
 
 def source(part: pa.Table, batch_size: int):
     """`part` as a Ray Dataset of blocks of `batch_size` rows, each made by a task as it is needed.
-    ray.data.from_arrow would put every block from the driver up front, and the driver keeps
-    about 40 KB of native memory per block put for the whole run."""
+    ray.data.from_arrow would put every block up front from the process running the window, which
+    keeps about 40 KB of native memory per block put for the whole run."""
     import ray
     from ray.data._internal.datasource.range_datasource import RangeDatasource
 
     blocks = -(-part.num_rows // batch_size)
     # ray.data.range's read tasks ask for a whole CPU, which actor pools may leave no room for.
-    numbers = ray.data.read_datasource(
-        RangeDatasource(n=blocks, column_name="id"), override_num_blocks=blocks, ray_remote_args={"num_cpus": 0.25}
-    )
+    numbers = ray.data.read_datasource(RangeDatasource(n=blocks, column_name="id"), override_num_blocks=blocks, num_cpus=0.25)
     return numbers.map_batches(
         _udf.take_inputs, fn_kwargs={"inputs": part, "batch_size": batch_size}, batch_format="numpy", batch_size=1, num_cpus=0.25
     )
@@ -162,28 +172,84 @@ def add_window_argument(parser: argparse.ArgumentParser) -> None:
         "--window",
         type=positive_int,
         default=None,
-        help=f"inputs per Ray Data run; the driver's memory grows with a run's size and is freed between runs, "
-        f"and each run starts its actors anew (default: {WINDOW_BATCHES} batches)",
+        help=f"inputs per Ray Data run; each run goes in a process of its own whose memory grows with the run's size, "
+        f"and starts its actors anew (default: {WINDOW_BATCHES} batches)",
     )
 
 
-def drive(plans: Iterable, inputs: int, statuses: Counter, desc: str, unit: str) -> int:
-    """Run each plan to its end, one after another, with one progress bar; count statuses in;
-    return the `unit`s made this run."""
+def run_window(plan: Callable[[], object]) -> Iterator[dict]:
+    """Run one window's Ray Data plan to its end in this process; yield what it has done, at most
+    every PROGRESS_SECONDS: inputs, items, statuses, and this process's memory in MiB when the
+    window started and at its peak since. A Ray worker may have run other tasks before this one."""
+    quiet_ray_data()
+    reset_peak_memory()
+    try:
+        start_mib = memory_status_mib("VmRSS")
+    except OSError:
+        start_mib = peak_memory_mib()
+    done: dict = {"inputs": 0, "items": 0, "statuses": Counter()}
+    last = time.monotonic()
+    for batch in plan().iter_batches(batch_size=None, batch_format="numpy"):
+        for n, k, st in zip(batch["inputs"], batch["items"], batch["statuses"]):
+            done["statuses"].update(json.loads(st))
+            done["items"] += int(k)
+            done["inputs"] += int(n)
+        if time.monotonic() - last >= PROGRESS_SECONDS:
+            yield {**done, "start_mib": start_mib, "peak_mib": peak_memory_mib()}
+            done, last = {"inputs": 0, "items": 0, "statuses": Counter()}, time.monotonic()
+    yield {**done, "start_mib": start_mib, "peak_mib": peak_memory_mib()}
+
+
+def reset_peak_memory() -> None:
+    """Start this process's peak memory afresh (Linux), so that what a Ray worker used for earlier
+    tasks does not count in peak_memory_mib()."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mib() -> float:
+    """This process's peak resident memory since reset_peak_memory() (Linux), or since it started."""
+    try:
+        return memory_status_mib("VmHWM")
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def memory_status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (Linux), in MiB."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith(f"{field}:")).split()[1]) / 1024
+
+
+def drive(plans: list[Callable[[], object]], inputs: int, statuses: Counter, desc: str, unit: str) -> int:
+    """Run each window's plan to its end, one after another, with one progress bar; count statuses
+    in; return the `unit`s made this run.
+
+    Each window runs as a Ray task whose worker exits after it, so what a Ray Data run leaves
+    resident in the process that drives it goes with that process, and the job's driver stays the
+    same size however many inputs there are."""
+    import ray
     from tqdm import tqdm
 
+    runner = ray.remote(num_cpus=0, max_calls=1, max_retries=0)(run_window)
     start = time.monotonic()
     made = 0
     with tqdm(total=inputs, unit="img", desc=desc, file=sys.stderr) as bar:
-        for ds in plans:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                for n, k, st in zip(batch["inputs"], batch["items"], batch["statuses"]):
-                    statuses.update(json.loads(st))
-                    made += int(k)
-                    bar.update(int(n))
-                    bar.set_postfix({unit: made, f"{unit}_per_s": f"{made / max(time.monotonic() - start, 1e-9):.3f}"})
-            del ds
-            release_freed_memory()
+        for number, plan in enumerate(plans, 1):
+            window_inputs = 0
+            for ref in runner.remote(plan):
+                done = ray.get(ref)
+                statuses.update(done["statuses"])
+                made += done["items"]
+                window_inputs += done["inputs"]
+                bar.update(done["inputs"])
+                bar.set_postfix({unit: made, f"{unit}_per_s": f"{made / max(time.monotonic() - start, 1e-9):.3f}"})
+            grown = done["peak_mib"] - done["start_mib"]
+            bar.write(f"window {number}/{len(plans)}: inputs {window_inputs}; its Ray worker grew by {grown:.0f} MiB, to {done['peak_mib']:.0f} MiB", file=sys.stderr)
+    release_freed_memory()
     return made
 
 

@@ -258,7 +258,7 @@ def plan(cfg: AuditConfig, pending: pa.Table, weights: WeightsInfo | None, run: 
         )
         return ds.map_batches(_audit_stages.write_audit, fn_kwargs={"output": cfg.output, "run": run, "rules": cfg.thresholds}, **cpu_stage)
 
-    return map(build, _common.windows(pending, cfg.batch_size, cfg.window))
+    return _common.windows(build, pending, cfg.batch_size, cfg.window)
 
 
 def metric_specs(cfg: AuditConfig) -> tuple[MetricSpec, ...]:
@@ -331,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         _common.drive(plans, pending.num_rows, statuses, "audit", "faces")
     print("summarising the written tables for the report", file=sys.stderr)
     summary, kept = finish(cfg)
+    _common.release_freed_memory()
     write_report(cfg, summary)
     failures = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()) if k != "ok") or "none"
     totals = summary.totals()

@@ -199,7 +199,7 @@ def plan(cfg: PairsConfig, pending: pa.Table, run: dict):
         )
         return ds.map_batches(_pair_stages.write_pairs, fn_kwargs={"output": cfg.output, "run": run}, **cpu_stage)
 
-    return map(build, _common.windows(pending, cfg.batch_size, cfg.window))
+    return _common.windows(build, pending, cfg.batch_size, cfg.window)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -265,7 +265,7 @@ def plan(cfg: RestoreConfig, pending: pa.Table, weights: WeightsInfo, run: dict)
         ds = ds.map_batches(_udf.encode_png, **cpu_stage)
         return ds.map_batches(_udf.write_part, fn_kwargs={"output": cfg.output, "run": run}, **cpu_stage)
 
-    return map(build, _common.windows(pending, block, cfg.window))
+    return _common.windows(build, pending, block, cfg.window)
 
 
 def summarize(cfg: RestoreConfig, total: int, statuses: Counter, faces: int, seconds: float, new_faces: int, weights: WeightsInfo) -> str:

@@ -25,7 +25,7 @@ PAIRS = 2
 
 @pytest.fixture(scope="module")
 def runs(s3_env, tmp_path_factory):
-    """One run on S3 (1 worker, batch 8, webdataset), one local (2 workers, batch 1), and a rerun of the first."""
+    """One run on S3 (1 worker, batch 8, webdataset), one local (2 workers, batch 1, three windows), and a rerun of the first."""
     client = s3_client(s3_env)
     client.create_bucket(Bucket="pairs")
     for i in range(FACES):
@@ -35,16 +35,16 @@ def runs(s3_env, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pairs")
     env = job_env(tmp, s3_env)
     common = ["--input", "s3://pairs/in", "--aligned", "--seed", "42", "--pairs-per-image", str(PAIRS), "--preset", "gfpgan-v1"]
-    results = {}
+    results, logs = {}, {}
     for name, output, extra in (
         ("s3", "s3://pairs/out", ["--workers", "1", "--batch-size", "8", "--format", "webdataset"]),
-        ("local", str(tmp / "local"), ["--workers", "2", "--batch-size", "1"]),
+        ("local", str(tmp / "local"), ["--workers", "2", "--batch-size", "1", "--window", "3"]),
         ("again", str(tmp / "again"), ["--workers", "1", "--batch-size", "8"]),
     ):
         result = run_job("jobs.pairs", [*common, "--output", output, *extra], env)
         assert result.returncode == 0, result.stderr[-3000:]
-        results[name] = output
-    return {"outputs": results, "env": s3_env}
+        results[name], logs[name] = output, result.stderr
+    return {"outputs": results, "logs": logs, "env": s3_env}
 
 
 def load(output: str, table: str, env: dict):
@@ -75,7 +75,8 @@ def test_tables_match_their_schemas(runs):
             assert schemas.matches(pq.read_schema(uri.removeprefix("s3://"), filesystem=filesystem), schema), uri
 
 
-def test_pairs_are_identical_on_other_worker_counts_batch_sizes_and_reruns(runs):
+def test_pairs_are_identical_on_other_worker_counts_batch_sizes_windows_and_reruns(runs):
+    assert "window 3/3: inputs 1;" in runs["logs"]["local"] and "window 1/1: inputs 7;" in runs["logs"]["s3"]
     tables = {name: load(out, "pairs", runs["env"]).sort_values("key").reset_index(drop=True) for name, out in runs["outputs"].items()}
     reference = tables["s3"]
     for name in ("local", "again"):
