@@ -183,10 +183,7 @@ def run_window(plan: Callable[[], object]) -> Iterator[dict]:
     window started and at its peak since. A Ray worker may have run other tasks before this one."""
     quiet_ray_data()
     reset_peak_memory()
-    try:
-        start_mib = memory_status_mib("VmRSS")
-    except OSError:
-        start_mib = peak_memory_mib()
+    start_mib = memory_mib("VmRSS")
     done: dict = {"inputs": 0, "items": 0, "statuses": Counter()}
     last = time.monotonic()
     for batch in plan().iter_batches(batch_size=None, batch_format="numpy"):
@@ -195,32 +192,28 @@ def run_window(plan: Callable[[], object]) -> Iterator[dict]:
             done["items"] += int(k)
             done["inputs"] += int(n)
         if time.monotonic() - last >= PROGRESS_SECONDS:
-            yield {**done, "start_mib": start_mib, "peak_mib": peak_memory_mib()}
+            yield {**done, "start_mib": start_mib, "peak_mib": memory_mib("VmHWM")}
             done, last = {"inputs": 0, "items": 0, "statuses": Counter()}, time.monotonic()
-    yield {**done, "start_mib": start_mib, "peak_mib": peak_memory_mib()}
+    yield {**done, "start_mib": start_mib, "peak_mib": memory_mib("VmHWM")}
 
 
 def reset_peak_memory() -> None:
     """Start this process's peak memory afresh (Linux), so that what a Ray worker used for earlier
-    tasks does not count in peak_memory_mib()."""
+    tasks does not count in memory_mib("VmHWM")."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
 
 
-def peak_memory_mib() -> float:
-    """This process's peak resident memory since reset_peak_memory() (Linux), or since it started."""
+def memory_mib(field: str) -> float:
+    """A memory figure of this process in MiB: `VmRSS` (now) or `VmHWM` (peak since
+    reset_peak_memory()) from /proc/self/status; where there is none (not Linux), the peak since it started."""
     try:
-        return memory_status_mib("VmHWM")
+        status = Path("/proc/self/status").read_text()
     except OSError:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
-def memory_status_mib(field: str) -> float:
-    """A memory field of /proc/self/status (Linux), in MiB."""
-    status = Path("/proc/self/status").read_text()
     return int(next(line for line in status.splitlines() if line.startswith(f"{field}:")).split()[1]) / 1024
 
 
