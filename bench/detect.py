@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up (default 3)")
     args = parser.parse_args()
 
-    net = build_retinaface("retinaface_resnet50", None, CPU)
+    net = build_retinaface("retinaface_resnet50", CPU)
     state_dict = synthetic_state_dict(net, 3)
     net.load_state_dict({k: v * 0.01 if k.startswith("ClassHead") else v for k, v in state_dict.items()})
     batch = images(args.images, *args.size)

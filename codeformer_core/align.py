@@ -76,3 +76,22 @@ def invert_affine(affine: np.ndarray) -> np.ndarray:
 def transform_points(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
     points = np.asarray(points, dtype=np.float64)
     return points @ affine[:, :2].T + affine[:, 2]
+
+
+def as_aligned_face(rgb: np.ndarray) -> np.ndarray:
+    """An input taken as an already aligned face, resized to 512x512 like the official `--has_aligned`."""
+    if rgb.shape[:2] == (FACE_SIZE, FACE_SIZE):
+        return rgb
+    return cv2.resize(rgb, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_LINEAR)
+
+
+def resize_affine(width: int, height: int) -> np.ndarray:
+    """The 2x3 affine of `as_aligned_face`: image pixel centres -> 512 crop pixel centres."""
+    sx, sy = FACE_SIZE / width, FACE_SIZE / height
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+
+
+def crop_side(affine: np.ndarray) -> float:
+    """Side of the crop's square in input pixels."""
+    a = np.asarray(affine, dtype=np.float64).reshape(2, 3)
+    return FACE_SIZE / float(np.sqrt(abs(np.linalg.det(a[:, :2]))))

@@ -7,14 +7,7 @@ import os
 import torch
 from facexlib.recognition.arcface_arch import Backbone
 
-from codeformer_core.weights import read_checkpoint, resolve, synthetic_state_dict
-
-
-def build_arcface(state_dict: dict[str, torch.Tensor] | None, device: torch.device) -> Backbone:
-    net = Backbone(num_layers=50, drop_ratio=0.6, mode="ir_se")
-    if state_dict is not None:
-        net.load_state_dict({k.removeprefix("module."): v for k, v in state_dict.items()}, strict=True)
-    return net.to(device).eval()
+from codeformer_core.weights import load_network
 
 
 def load_arcface(
@@ -24,9 +17,7 @@ def load_arcface(
     synthetic_seed: int | None = None,
 ) -> Backbone:
     """The official checkpoint resolved by name (or `weights`: a path or s3:// URI), or synthetic weights."""
-    if synthetic_seed is not None:
-        with torch.device("meta"):
-            state_dict = synthetic_state_dict(Backbone(num_layers=50, drop_ratio=0.6, mode="ir_se"), synthetic_seed)
-    else:
-        state_dict, _ = read_checkpoint(resolve(weights or "arcface", weights_dir=weights_dir))
-    return build_arcface(state_dict, device)
+    with torch.device("meta"):
+        net = Backbone(num_layers=50, drop_ratio=0.6, mode="ir_se")
+    load_network(net, weights or "arcface", weights_dir, synthetic_seed)
+    return net.to(device)

@@ -22,7 +22,7 @@ import torchvision
 from facexlib.detection.retinaface import RetinaFace
 from facexlib.detection.retinaface_utils import PriorBox, batched_decode, batched_decode_landm
 
-from codeformer_core.weights import read_checkpoint, resolve, synthetic_state_dict
+from codeformer_core.weights import load_network
 
 MODELS = {"retinaface_resnet50": "resnet50", "retinaface_mobile0.25": "mobile0.25"}
 PAD_MULTIPLE = 32
@@ -48,15 +48,13 @@ class Face:
     landmarks: np.ndarray  # (5, 2)
 
 
-def build_retinaface(model: str, state_dict: dict[str, torch.Tensor] | None, device: torch.device) -> RetinaFace:
+def build_retinaface(model: str, device: torch.device) -> RetinaFace:
+    """The network with facexlib's initial weights; `load_network` gives it a checkpoint's."""
     if model not in MODELS:
         raise ValueError(f"unknown detector {model!r}; choose one of {', '.join(MODELS)}")
     with warnings.catch_warnings():  # facexlib builds its backbone with torchvision's deprecated `pretrained=False`
         warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
-        net = RetinaFace(network_name=MODELS[model], half=False, device=device)
-    if state_dict is not None:
-        net.load_state_dict({k.removeprefix("module."): v for k, v in state_dict.items()}, strict=True)
-    return net.to(device).eval()
+        return RetinaFace(network_name=MODELS[model], half=False, device=device).eval()
 
 
 def rescale_factor(height: int, width: int, input_size: int | None) -> tuple[float, int, int]:
@@ -89,13 +87,9 @@ class Detector:
         synthetic_seed: int | None = None,
     ) -> Detector:
         """Official weights resolved by name (or `weights`: a path or s3:// URI), or synthetic ones."""
-        if synthetic_seed is not None:
-            with torch.device("meta"):
-                shapes = build_retinaface(config.model, None, torch.device("meta"))
-            state_dict = synthetic_state_dict(shapes, synthetic_seed)
-        else:
-            state_dict, _ = read_checkpoint(resolve(weights or config.model, weights_dir=weights_dir))
-        return cls(build_retinaface(config.model, state_dict, device), config, device)
+        net = build_retinaface(config.model, torch.device("cpu"))
+        load_network(net, weights or config.model, weights_dir, synthetic_seed)
+        return cls(net.to(device), config, device)
 
     def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
         """Faces of each RGB uint8 image, highest score first."""

@@ -25,19 +25,18 @@ def measure_faces(
     names: Collection[str] = metrics.NO_REFERENCE,
 ) -> list[dict[str, float]]:
     """The no-reference metrics `names` of each RGB uint8 face; with `restored`, those of the restored faces
-    (`restored_*`) and the ArcFace identity similarity between each pair (`ids_cosine`, `ids_degrees`).
-    NaN where a metric is undefined (NIQE of a face without two textured blocks)."""
+    (`restored_*`) and, with `arcface` too, the identity similarity between each pair (`ids_cosine`,
+    `ids_degrees`). NaN where a metric is undefined (NIQE of a face without two textured blocks)."""
     out: list[dict[str, float]] = []
     for start in range(0, len(faces), batch_size):
         x = as_tensor(faces[start : start + batch_size], device)
         values = {k: v.tolist() for k, v in metrics.no_reference(x, names).items()}
         if restored is not None:
-            if arcface is None:
-                raise ValueError("identity similarity needs the ArcFace network")
             y = as_tensor(restored[start : start + batch_size], device)
             values |= {f"restored_{k}": v.tolist() for k, v in metrics.no_reference(y, names).items()}
-            cosine, degrees = metrics.ids(metrics.identity_embeddings(arcface, x), metrics.identity_embeddings(arcface, y))
-            values |= {"ids_cosine": cosine.tolist(), "ids_degrees": degrees.tolist()}
+            if arcface is not None:
+                cosine, degrees = metrics.ids(metrics.identity_embeddings(arcface, x), metrics.identity_embeddings(arcface, y))
+                values |= {"ids_cosine": cosine.tolist(), "ids_degrees": degrees.tolist()}
         out += [{k: v[j] for k, v in values.items()} for j in range(len(x))]
     return out
 

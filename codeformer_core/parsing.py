@@ -10,14 +10,7 @@ import torch
 from facexlib.parsing.parsenet import ParseNet
 
 from codeformer_core.paste import parse_mask
-from codeformer_core.weights import read_checkpoint, resolve, synthetic_state_dict
-
-
-def build_parsenet(state_dict: dict[str, torch.Tensor] | None, device: torch.device) -> ParseNet:
-    net = ParseNet(in_size=512, out_size=512, parsing_ch=19)
-    if state_dict is not None:
-        net.load_state_dict(state_dict, strict=True)
-    return net.to(device).eval()
+from codeformer_core.weights import load_network
 
 
 class FaceParser:
@@ -35,12 +28,10 @@ class FaceParser:
         weights_dir: str | os.PathLike[str] | None = None,
         synthetic_seed: int | None = None,
     ) -> FaceParser:
-        if synthetic_seed is not None:
-            with torch.device("meta"):
-                state_dict = synthetic_state_dict(ParseNet(in_size=512, out_size=512, parsing_ch=19), synthetic_seed)
-        else:
-            state_dict, _ = read_checkpoint(resolve(weights or "parsenet", weights_dir=weights_dir))
-        return cls(build_parsenet(state_dict, device), device)
+        with torch.device("meta"):
+            net = ParseNet(in_size=512, out_size=512, parsing_ch=19)
+        load_network(net, weights or "parsenet", weights_dir, synthetic_seed)
+        return cls(net.to(device), device)
 
     def masks(self, faces: Sequence[np.ndarray]) -> list[np.ndarray]:
         """One (512, 512) float mask in [0, 1] per RGB uint8 face, as the official helper makes them."""

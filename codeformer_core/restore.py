@@ -8,19 +8,19 @@ size chosen from free memory."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
+from codeformer_core.align import FACE_SIZE
 from codeformer_core.arch import CodeFormer
-from codeformer_core.fastconv import use_winograd, winograd_available
+from codeformer_core.winograd import use_winograd, winograd_available
 from codeformer_core.weights import WeightsInfo, build_codeformer, codeformer_weights
 
-FACE_SIZE = 512
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Memory of a forward per face in float32, with margin; half precisions take half. An estimate:
 # a batch-1 fp32 forward peaked at 1.74 GiB of process RSS on the CPU, weights and runtime
@@ -49,6 +49,21 @@ class Speed:
             raise ValueError(f"precision must be auto or one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+@contextmanager
+def ieee_fp32(device: torch.device) -> Iterator[None]:
+    """float32 matrix products and convolutions without TF32 on a GPU while the block runs, as the
+    official arithmetic; the process's own setting comes back after it."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def fast_bf16(device: torch.device) -> bool:
@@ -109,13 +124,6 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def as_aligned_face(rgb: np.ndarray) -> np.ndarray:
-    """An input taken as an already aligned face, resized to 512x512 like the official `--has_aligned`."""
-    if rgb.shape[:2] == (FACE_SIZE, FACE_SIZE):
-        return rgb
-    return cv2.resize(rgb, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_LINEAR)
-
-
 def faces_to_tensor(faces: np.ndarray, device: torch.device, pin: bool = False) -> torch.Tensor:
     """(N,512,512,3) uint8 RGB -> (N,3,512,512) float32 in [-1,1], scaled as the official script does.
 
@@ -137,9 +145,6 @@ class Restorer:
     """Restores aligned faces with CodeFormer, as `speed` says."""
 
     def __init__(self, model: CodeFormer, device: torch.device, speed: Speed = Speed()) -> None:
-        if device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
         self.device = device
         self.precision = resolve_precision(speed.precision, device.type, fast_bf16(device))
         self.batch_size = speed.batch_size or auto_batch_size(free_memory_bytes(device), self.precision, device.type)
@@ -171,7 +176,7 @@ class Restorer:
 
     def run(self, x: torch.Tensor, fidelity: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The network on a prepared batch (`network_input`): image, code logits (float32), lq_feat."""
-        with torch.inference_mode():
+        with torch.inference_mode(), ieee_fp32(self.device):
             return self.forward(x, w=fidelity, adain=True)
 
     def restore(self, faces: Sequence[np.ndarray] | np.ndarray, fidelity: float = 0.5) -> np.ndarray:

@@ -19,14 +19,16 @@ import sys
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
-from codeformer_core import io
+from codeformer_core import storage
 from codeformer_core.arch import CodeFormer
 
 WEIGHTS_DIR_ENV = "CODEFORMER_WEIGHTS_DIR"
@@ -131,7 +133,7 @@ def resolve(
     if allow_download is None:
         allow_download = not os.environ.get(NO_DOWNLOAD_ENV)
     cache = cache_dir or default_cache_dir()
-    if io.is_s3(spec):
+    if storage.is_s3(spec):
         return _fetch_s3(spec, cache)
     known = KNOWN_CHECKPOINTS.get(spec)
     if known is None:
@@ -166,13 +168,13 @@ def resolve(
 def _fetch_s3(uri: str, cache: Path) -> Path:
     dest = cache / "s3" / uri.removeprefix("s3://")
     try:
-        size = io.file_size(uri)
+        size = storage.file_size(uri)
     except OSError as exc:
         raise WeightsNotFoundError(f"cannot read weights at {uri}: {exc}") from None
     if size is None:
         raise WeightsNotFoundError(f"no weights file at {uri}")
     if not (dest.is_file() and dest.stat().st_size == size):
-        io.download(uri, dest)
+        storage.download(uri, dest)
     return dest
 
 
@@ -259,18 +261,61 @@ def _listing(label: str, items: list[str]) -> str:
     return f"  {len(items)} {label} key(s): {', '.join(items[:LISTED_KEYS])}{more}"
 
 
-def codeformer_shapes() -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        return {k: tuple(v.shape) for k, v in CodeFormer().state_dict().items()}
+def official_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The default `filter_fn` (timm's checkpoint_filter_fn): names without DataParallel's `module.`
+    prefix, floating tensors in float32."""
+    return {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+
+
+def network_state(
+    net: nn.Module,
+    spec: str,
+    weights_dir: str | os.PathLike[str] | None = None,
+    synthetic_seed: int | None = None,
+    filter_fn: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] = official_layout,
+) -> tuple[dict[str, torch.Tensor], WeightsInfo]:
+    """The state dict for `net` (built on any device, `meta` included) and its provenance: synthetic
+    weights of `synthetic_seed`, or the checkpoint `spec` (what `resolve` takes) mapped by `filter_fn`
+    and checked against `net`'s names and shapes."""
+    if synthetic_seed is not None:
+        state_dict = synthetic_state_dict(net, synthetic_seed)
+        return state_dict, WeightsInfo(f"{SYNTHETIC_SPEC_PREFIX}{synthetic_seed}", state_dict_sha256(state_dict), synthetic=True)
+    raw, info = read_checkpoint(resolve(spec, weights_dir=weights_dir))
+    state_dict = filter_fn(raw)
+    check_state_dict({k: tuple(v.shape) for k, v in net.state_dict().items()}, state_dict, f"{type(net).__name__} ({info.source})")
+    return state_dict, info
+
+
+def load_strictly(net: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """`net` holding `state_dict` (every key, no other), in eval mode."""
+    check_state_dict({k: tuple(v.shape) for k, v in net.state_dict().items()}, state_dict, type(net).__name__)
+    net.load_state_dict(state_dict, strict=True, assign=True)
+    return net.eval()
+
+
+def load_network(
+    net: nn.Module,
+    spec: str,
+    weights_dir: str | os.PathLike[str] | None = None,
+    synthetic_seed: int | None = None,
+    filter_fn: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] = official_layout,
+) -> WeightsInfo:
+    """Load the weights `network_state` finds into `net`, strictly; the one loader of every network here."""
+    state_dict, info = network_state(net, spec, weights_dir, synthetic_seed, filter_fn)
+    load_strictly(net, state_dict)
+    return info
+
+
+def synthetic_seed_of(spec: str) -> int | None:
+    """N for a spec `synthetic:N`, else None."""
+    return int(spec.removeprefix(SYNTHETIC_SPEC_PREFIX)) if spec.startswith(SYNTHETIC_SPEC_PREFIX) else None
 
 
 def build_codeformer(state_dict: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> CodeFormer:
     """An eval-mode CodeFormer holding `state_dict`, loaded strictly."""
-    check_state_dict(codeformer_shapes(), state_dict, "the CodeFormer network")
     with torch.device("meta"):
         model = CodeFormer()
-    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True, assign=True)
-    return model.to(device).eval()
+    return load_strictly(model, official_layout(state_dict)).to(device)
 
 
 def codeformer_weights(
@@ -280,13 +325,9 @@ def codeformer_weights(
 
     `spec` is what `resolve` takes, or `synthetic:SEED` for synthetic weights made in memory.
     """
-    if spec.startswith(SYNTHETIC_SPEC_PREFIX):
-        seed = int(spec.removeprefix(SYNTHETIC_SPEC_PREFIX))
-        state_dict = synthetic_codeformer_state_dict(seed)
-        return state_dict, WeightsInfo(source=spec, sha256=state_dict_sha256(state_dict), synthetic=True)
-    state_dict, info = read_checkpoint(resolve(spec, weights_dir=weights_dir))
-    check_state_dict(codeformer_shapes(), state_dict, f"the CodeFormer network ({info.source})")
-    return state_dict, info
+    with torch.device("meta"):
+        shapes = CodeFormer()
+    return network_state(shapes, spec, weights_dir, synthetic_seed_of(spec))
 
 
 def load_codeformer(
@@ -338,15 +379,3 @@ def synthetic_codeformer_state_dict(seed: int = 1) -> dict[str, torch.Tensor]:
     """Deterministic random CodeFormer weights in the official layout. Not a trained model."""
     with torch.device("meta"):
         return synthetic_state_dict(CodeFormer(), seed)
-
-
-def save_synthetic_codeformer(path: Path, seed: int = 1) -> Path:
-    """Write synthetic weights as `{'params_ema': ..., 'synthetic': ...}`; loaders report them as synthetic."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    torch.save(
-        {"params_ema": synthetic_codeformer_state_dict(seed), SYNTHETIC_MARKER: f"random weights, seed {seed}"},
-        partial,
-    )
-    os.replace(partial, path)
-    return path

@@ -14,6 +14,7 @@ import cv2
 from codeformer_core.samples import synthetic_face
 from codeformer_core.weights import WeightsError, codeformer_weights
 from jobs import restore
+from jobs.driver import main as run_job
 
 SAMPLES = ((0, 512), (1, 512), (2, 384))
 
@@ -37,7 +38,7 @@ def main(root: str = "demo_output") -> int:
         print("=" * 78 + "\nFALLING BACK TO SYNTHETIC WEIGHTS: the pipeline runs for real, restorations are noise.\n" + "=" * 78, file=sys.stderr)
         args.append("--synthetic-weights")
     print(f"Demo: {len(SAMPLES)} generated aligned faces in {inputs} -> {output}", file=sys.stderr)
-    code = restore.main(args)
+    code = run_job(restore.JOB, args)
     if code == 0:
         print(
             "\nLook at the results:\n"

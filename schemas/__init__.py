@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from codeformer_core.statuses import MEANINGS
+
 # The layout Hugging Face `datasets` reads as an Image feature.
 IMAGE_STRUCT = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+
+
+# Every images/ table's status column: "ok" or a short reason, one of codeformer_core.statuses.
+STATUS = pa.field("status", pa.string(), nullable=False, metadata={"values": ",".join(MEANINGS)})
 
 
 def versioned(name: str, version: int, fields: list[pa.Field]) -> pa.Schema:
@@ -22,10 +28,3 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     if missing or extra:
         raise ValueError(f"table {schema.metadata[b'table'].decode()}: missing columns {missing}, unexpected {extra}")
     return table.select(schema.names).cast(schema)
-
-
-def matches(schema: pa.Schema, expected: pa.Schema) -> bool:
-    """Same fields (names, types, nullability) and the same table name and version."""
-    return schema.remove_metadata().equals(expected.remove_metadata()) and all(
-        (schema.metadata or {}).get(k) == v for k, v in expected.metadata.items()
-    )

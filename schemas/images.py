@@ -2,7 +2,7 @@
 
 import pyarrow as pa
 
-from schemas import versioned
+from schemas import STATUS, versioned
 
 VERSION = 1
 
@@ -12,7 +12,7 @@ SCHEMA = versioned(
     [
         pa.field("source_uri", pa.string(), nullable=False),
         pa.field("image_id", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),  # "ok" or a short reason: decode_error, no_face, bad_landmarks, ...
+        STATUS,
         pa.field("error", pa.string()),  # null when ok
         pa.field("width", pa.int32()),  # after EXIF orientation; null when unknown
         pa.field("height", pa.int32()),

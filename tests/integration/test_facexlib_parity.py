@@ -27,7 +27,7 @@ def weights_dir(tmp_path_factory):
     """Synthetic weights under facexlib's official file names, so facexlib loads them offline."""
     directory = tmp_path_factory.mktemp("facexlib_weights")
     for model, filename in FILES.items():
-        state_dict = synthetic_state_dict(build_retinaface(model, None, CPU), SEED)
+        state_dict = synthetic_state_dict(build_retinaface(model, CPU), SEED)
         scale = CLASS_HEAD_SCALE[model]
         torch.save({k: v * scale if k.startswith("ClassHead") else v for k, v in state_dict.items()}, directory / filename)
     torch.save(synthetic_state_dict(ParseNet(in_size=512, out_size=512, parsing_ch=19), SEED), directory / "parsing_parsenet.pth")
@@ -158,14 +158,14 @@ def test_paste_back_equals_the_helpers(helper, upscale):
 
 
 def test_paste_back_with_parsing_mask_equals_the_helpers(weights_dir):
-    from codeformer_core.parsing import FaceParser, build_parsenet
+    from codeformer_core.parsing import FaceParser
 
     helper = FaceRestoreHelper(1, face_size=512, det_model="retinaface_resnet50", use_parse=True, device=CPU, model_rootpath=str(weights_dir))
     rng = np.random.default_rng(11)
     image = scene(500, 700, 12)
     landmarks = landmarks_of(rng, 2, 500, 700)
     restored = [synthetic_face(60 + i, degrade=False) for i in range(len(landmarks))]
-    parser = FaceParser(build_parsenet(helper.face_parse.state_dict(), CPU), CPU)
+    parser = FaceParser(helper.face_parse.eval(), CPU)
 
     want = run_helper(helper, image, landmarks, restored)
     got = paste_faces(image, restored, [estimate_affine(lm) for lm in landmarks], parse_masks=parser.masks(restored))

@@ -12,7 +12,7 @@ import torch
 
 from codeformer_core import restore
 from codeformer_core.agreement import agreement
-from codeformer_core.fastconv import WinogradConv3x3, winograd_available
+from codeformer_core.winograd import WinogradConv3x3, winograd_available
 from codeformer_core.restore import Restorer, Speed
 from codeformer_core.weights import build_codeformer
 from tests.conftest import GOLDEN_DIR

@@ -16,10 +16,11 @@ import pytest
 import schemas
 import schemas.audit_faces
 import schemas.audit_images
-from codeformer_core import io as cio
+from codeformer_core import storage
 from codeformer_core.align import FFHQ_TEMPLATE_512, transform_points
 from codeformer_core.samples import synthetic_face
 from tests import browser
+from tests.helpers import decode_png, matches
 from tests.jobs.conftest import job_env, run_job, s3_client
 
 BUCKET = "audit"
@@ -45,7 +46,7 @@ def png(image):
 
 def load(uri, env):
     os.environ.update(env)
-    filesystem, path = cio.filesystem_and_path(uri)
+    filesystem, path = storage.filesystem_and_path(uri)
     return pq.read_table(path, filesystem=filesystem).to_pandas()
 
 
@@ -141,7 +142,7 @@ def test_metrics_computes_and_reports_only_the_chosen_metrics(audit):
     again = load(f"{audit['again']}/faces", audit["env"])
     skipped = [n for n in schemas.audit_faces.NO_REFERENCE if n not in ("sharpness", "brightness")]
     assert again[skipped].isna().all().all() and again[["sharpness", "brightness"]].notna().all().all()
-    data = summary_data(cio.read_bytes(f"{audit['again']}/report.html").decode())
+    data = summary_data(storage.read_bytes(f"{audit['again']}/report.html").decode())
     assert {"sharpness", "brightness", "face_size"} <= set(data["metrics"]) and not set(skipped) & set(data["metrics"])
 
 
@@ -159,19 +160,19 @@ def test_thresholds_on_metrics_left_out_are_refused(tmp_path):
 
 def test_tables_match_their_schemas(audit):
     os.environ.update(audit["env"])
-    filesystem, _ = cio.filesystem_and_path(audit["out"])
+    filesystem, _ = storage.filesystem_and_path(audit["out"])
     for table, schema in (("images", schemas.audit_images.SCHEMA), ("faces", schemas.audit_faces.SCHEMA)):
-        uris = cio.list_files(f"{audit['out']}/{table}", suffix=".parquet")
+        uris = storage.list_files(f"{audit['out']}/{table}", suffix=".parquet")
         assert uris
         for uri in uris:
-            assert schemas.matches(pq.read_schema(uri.removeprefix("s3://"), filesystem=filesystem), schema), uri
+            assert matches(pq.read_schema(uri.removeprefix("s3://"), filesystem=filesystem), schema), uri
 
 
 @pytest.fixture(scope="module")
 def report(audit):
     os.environ.update(audit["env"])
     path = audit["tmp"] / "report.html"
-    path.write_bytes(cio.read_bytes(f"{audit['out']}/report.html"))
+    path.write_bytes(storage.read_bytes(f"{audit['out']}/report.html"))
     return path
 
 

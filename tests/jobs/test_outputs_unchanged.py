@@ -6,8 +6,10 @@ image digests exactly, floats to 1e-6 (the metrics are sums in torch, whose orde
 thread count). Inputs live on moto S3 under fixed URIs, so image ids and paths are the same in
 every run.
 
-Intended differences: none. Restore's default `--metrics` stays all seven no-reference metrics plus
-identity, as before; `--metrics none` and `--no-identity` are new and tested in test_restore_job.
+Intended differences: none in rows or bytes. Restore's default `--metrics` stays all seven
+no-reference metrics plus identity, as before; `--metrics none` and `--no-identity` are new and
+tested in test_restore_job. One flag was renamed: the pairs job's `--synthetic-detector` is now the
+`--synthetic-weights` every job shares, so the recorded pairs_webdataset run is given that flag.
 """
 
 import hashlib
@@ -65,7 +67,7 @@ RUNS = {
     "restore_aligned": ("jobs.restore", ["--input", ALIGNED, "--aligned", "--synthetic-weights", "--batch-size", "2", "--precision", "fp32"]),
     "restore_paste": ("jobs.restore", ["--input", LANDMARKED, "--synthetic-weights", "--batch-size", "1", "--precision", "fp32", "--paste"]),
     "pairs_parquet": ("jobs.pairs", ["--input", ALIGNED, "--aligned", "--seed", "3", "--pairs-per-image", "2", "--batch-size", "2"]),
-    "pairs_webdataset": ("jobs.pairs", ["--input", WHOLE, "--synthetic-detector", "--det-threshold", "0.5", "--max-faces", "2", "--seed", "5", "--format", "webdataset"]),
+    "pairs_webdataset": ("jobs.pairs", ["--input", WHOLE, "--synthetic-weights", "--det-threshold", "0.5", "--max-faces", "2", "--seed", "5", "--format", "webdataset"]),
     "audit": ("jobs.audit", ["--input", WHOLE, "--synthetic-weights", "--det-threshold", "0.5", "--max-faces", "2", "--batch-size", "2"]),
     "audit_restore": ("jobs.audit", ["--input", ALIGNED, "--aligned", "--restore", "--synthetic-weights", "--precision", "fp32", "--batch-size", "2", "--metrics", "sharpness,niqe"]),
 }

@@ -14,9 +14,10 @@ import schemas
 import schemas.pair_images
 import schemas.pairs
 from codeformer_core import codec, degrade
-from codeformer_core import io as cio
+from codeformer_core import storage
 from codeformer_core.degrade import PRESETS, DegradeParams
 from codeformer_core.samples import synthetic_face
+from tests.helpers import decode_png, matches
 from tests.jobs.conftest import job_env, run_job, s3_client
 
 FACES = 6
@@ -49,7 +50,7 @@ def runs(s3_env, tmp_path_factory):
 
 def load(output: str, table: str, env: dict):
     os.environ.update(env)  # the moto server's address and keys, as the restore job tests do
-    filesystem, path = cio.filesystem_and_path(f"{output}/{table}")
+    filesystem, path = storage.filesystem_and_path(f"{output}/{table}")
     return pq.read_table(path, filesystem=filesystem).to_pandas()
 
 
@@ -67,12 +68,12 @@ def test_every_input_has_a_row_and_every_face_its_pairs(runs):
 
 def test_tables_match_their_schemas(runs):
     os.environ.update(runs["env"])
-    filesystem, _ = cio.filesystem_and_path("s3://pairs/out")
+    filesystem, _ = storage.filesystem_and_path("s3://pairs/out")
     for table, schema in (("images", schemas.pair_images.SCHEMA), ("pairs", schemas.pairs.SCHEMA)):
-        uris = cio.list_files(f"s3://pairs/out/{table}", suffix=".parquet")
+        uris = storage.list_files(f"s3://pairs/out/{table}", suffix=".parquet")
         assert uris
         for uri in uris:
-            assert schemas.matches(pq.read_schema(uri.removeprefix("s3://"), filesystem=filesystem), schema), uri
+            assert matches(pq.read_schema(uri.removeprefix("s3://"), filesystem=filesystem), schema), uri
 
 
 def test_pairs_are_identical_on_other_worker_counts_batch_sizes_windows_and_reruns(runs):
@@ -91,7 +92,7 @@ def test_pairs_are_identical_on_other_worker_counts_batch_sizes_windows_and_reru
 def test_a_row_alone_rebuilds_its_lq_image(runs):
     pairs = load(runs["outputs"]["s3"], "pairs", runs["env"])
     for row in pairs.head(4).to_dict("records"):
-        hq = codec.decode_png(row["hq"]["bytes"])
+        hq = decode_png(row["hq"]["bytes"])
         rebuilt = degrade.apply(hq, DegradeParams.from_row(row))
         assert codec.encode_png(rebuilt) == row["lq"]["bytes"]
         again = degrade.sample_params(np.random.default_rng(row["pair_seed"]), PRESETS[row["preset"]])
@@ -102,8 +103,8 @@ def test_webdataset_shards_open_with_tarfile_and_match_the_rows(runs):
     os.environ.update(runs["env"])
     pairs = load(runs["outputs"]["s3"], "pairs", runs["env"]).set_index("key")
     seen = set()
-    for uri in cio.list_files("s3://pairs/out/shards", suffix=".tar"):
-        with tarfile.open(fileobj=io.BytesIO(cio.read_bytes(uri))) as tar:
+    for uri in storage.list_files("s3://pairs/out/shards", suffix=".tar"):
+        with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(uri))) as tar:
             members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
         keys = {name.split(".", 1)[0] for name in members}
         for key in keys:

@@ -21,10 +21,13 @@ import schemas
 import schemas.faces
 import schemas.images
 from codeformer_core import codec
-from codeformer_core import io as cio
-from codeformer_core.restore import Restorer, Speed, as_aligned_face
+from codeformer_core import storage
+from codeformer_core.align import as_aligned_face
+from codeformer_core.restore import Restorer, Speed
 from codeformer_core.samples import synthetic_face
 from jobs import restore
+from jobs.driver import main
+from tests.helpers import decode_png, matches
 from tests.jobs.conftest import ROOT, free_port, job_env, run_job, s3_client
 
 MAX_PIXELS = 1_000_000
@@ -81,7 +84,7 @@ def restored_on_s3(s3_env, tmp_path_factory):
 
 def read_table(uri: str, s3_env: dict):
     os.environ.update(s3_env)
-    filesystem, path = cio.filesystem_and_path(uri)
+    filesystem, path = storage.filesystem_and_path(uri)
     return pq.read_table(path, filesystem=filesystem)
 
 
@@ -107,7 +110,7 @@ def test_faces_table_has_a_512_png_per_good_image(restored_on_s3):
     for column in ("restored", "input_crop"):
         for cell in faces[column]:
             assert cell["path"].endswith(".png")
-            assert codec.decode_png(cell["bytes"]).shape == (512, 512, 3)
+            assert decode_png(cell["bytes"]).shape == (512, 512, 3)
 
 
 def test_faces_carry_quality_metrics_and_identity_similarity(restored_on_s3):
@@ -120,19 +123,19 @@ def test_faces_carry_quality_metrics_and_identity_similarity(restored_on_s3):
     np.testing.assert_allclose(np.degrees(np.arccos(faces.ids_cosine)), faces.ids_degrees, atol=1e-6)
     row = faces.iloc[0]
     for column, prefix in (("input_crop", ""), ("restored", "restored_")):
-        face = as_tensor([codec.decode_png(row[column]["bytes"])], torch.device("cpu"))
+        face = as_tensor([decode_png(row[column]["bytes"])], torch.device("cpu"))
         assert row[f"{prefix}sharpness"] == pytest.approx(float(metrics.sharpness(face)[0]), rel=1e-9)
         assert row[f"{prefix}colourfulness"] == pytest.approx(float(metrics.colourfulness(face)[0]), rel=1e-9)
 
 
 def test_every_written_file_matches_its_schema(restored_on_s3):
     os.environ.update(restored_on_s3["env"])
-    filesystem, _ = cio.filesystem_and_path("s3://faces/out")
+    filesystem, _ = storage.filesystem_and_path("s3://faces/out")
     for table, schema in (("images", schemas.images.SCHEMA), ("faces", schemas.faces.SCHEMA)):
-        parts = cio.list_files(f"s3://faces/out/{table}", suffix=".parquet")
+        parts = storage.list_files(f"s3://faces/out/{table}", suffix=".parquet")
         assert parts
         for uri in parts:
-            assert schemas.matches(pq.read_schema(uri.removeprefix("s3://"), filesystem=filesystem), schema), uri
+            assert matches(pq.read_schema(uri.removeprefix("s3://"), filesystem=filesystem), schema), uri
 
 
 def test_job_output_equals_the_library_on_the_same_crops(restored_on_s3, synthetic_state_dict):
@@ -148,19 +151,19 @@ def test_job_output_equals_the_library_on_the_same_crops(restored_on_s3, synthet
 
     faces = read_table("s3://faces/out/faces", restored_on_s3["env"]).to_pandas().set_index("source_uri")
     sample = faces.loc[["s3://faces/in/grey.png", "s3://faces/in/rgba.png"]]
-    crops = np.stack([codec.decode_png(c["bytes"]) for c in sample.input_crop])
+    crops = np.stack([decode_png(c["bytes"]) for c in sample.input_crop])
     restorer = Restorer(build_codeformer(synthetic_state_dict), torch.device("cpu"), Speed(precision="fp32", batch_size=4))
 
     direct = restorer.restore(crops, fidelity=0.5)
 
-    from_job = np.stack([codec.decode_png(c["bytes"]) for c in sample.restored])
+    from_job = np.stack([decode_png(c["bytes"]) for c in sample.restored])
     assert np.array_equal(direct, from_job)
     assert np.abs(direct[0].astype(int) - direct[1].astype(int)).mean() > 1  # distinct faces: order is checked
 
 
 def test_input_crop_is_the_decoded_input_resized_to_512(restored_on_s3):
     faces = read_table("s3://faces/out/faces", restored_on_s3["env"]).to_pandas().set_index("source_uri")
-    crop = codec.decode_png(faces.loc["s3://faces/in/a/f01.JPG"].input_crop["bytes"])
+    crop = decode_png(faces.loc["s3://faces/in/a/f01.JPG"].input_crop["bytes"])
     source = codec.decode_image(restored_on_s3["inputs"]["in/a/f01.JPG"][0]).rgb
     assert source.shape == (400, 400, 3) and np.array_equal(crop, as_aligned_face(source))
 
@@ -193,7 +196,7 @@ def test_configuration_errors_stop_before_work(tmp_path, s3, monkeypatch, capsys
     (tmp_path / "empty").mkdir()
     cv2.imwrite(str(tmp_path / "in" / "a.png"), synthetic_face(0, 64))
 
-    code = restore.main([a.format(tmp=tmp_path) for a in args])
+    code = main(restore.JOB, [a.format(tmp=tmp_path) for a in args])
 
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and message in err
@@ -206,7 +209,7 @@ def test_unreachable_endpoint_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
 
-    code = restore.main(["--input", "s3://bucket/in", "--output", str(tmp_path / "out"), "--aligned", "--synthetic-weights"])
+    code = main(restore.JOB, ["--input", "s3://bucket/in", "--output", str(tmp_path / "out"), "--aligned", "--synthetic-weights"])
 
     err = capsys.readouterr().err
     assert code == 2 and "cannot read input s3://bucket/in" in err
@@ -214,7 +217,7 @@ def test_unreachable_endpoint_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 def test_bad_flag_value_is_explained(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        restore.main(["--input", "x", "--output", "y", "--aligned", "--fidelity", "1.5"])
+        main(restore.JOB, ["--input", "x", "--output", "y", "--aligned", "--fidelity", "1.5"])
     assert exit_info.value.code == 2 and "must be between 0 and 1" in capsys.readouterr().err
 
 
@@ -263,3 +266,29 @@ def kill_leftovers(pgid: int) -> None:
     except ProcessLookupError:
         pass
     time.sleep(2)
+
+
+def test_with_only_codeformer_pth_the_error_names_no_identity_and_then_the_job_runs(tmp_path):
+    """Trained-looking weights (no synthetic marker) and no ArcFace file: the job says which flag skips identity."""
+    from codeformer_core.weights import synthetic_codeformer_state_dict
+
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    torch.save({"params_ema": synthetic_codeformer_state_dict(2)}, weights_dir / "codeformer.pth")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cv2.imwrite(str(inputs / "face.png"), cv2.cvtColor(synthetic_face(5, 128), cv2.COLOR_RGB2BGR))
+    args = ["--input", str(inputs), "--output", str(tmp_path / "out"), "--aligned", "--weights-dir", str(weights_dir), "--precision", "fp32"]
+    env = job_env(tmp_path)
+
+    refused = run_job("jobs.restore", args, env)
+    ran = run_job("jobs.restore", [*args, "--no-identity"], env)
+
+    assert refused.returncode == 2 and "recognition_arcface_ir_se50.pth" in refused.stderr and "--no-identity" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    images = pq.read_table(tmp_path / "out" / "images").to_pandas()
+    faces = pq.read_table(tmp_path / "out" / "faces").to_pandas()
+    assert list(images.status) == ["ok"] and not images.weights_synthetic.any()
+    assert len(faces) == 1 and decode_png(faces.restored[0]["bytes"]).shape == (512, 512, 3)
+    assert faces.ids_cosine.isna().all() and faces.sharpness.notna().all() and faces.restored_sharpness.notna().all()

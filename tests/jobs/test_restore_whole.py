@@ -17,6 +17,7 @@ import schemas.pasted
 from codeformer_core import codec
 from codeformer_core.align import FFHQ_TEMPLATE_512, transform_points
 from codeformer_core.samples import synthetic_face
+from tests.helpers import decode_png, matches
 from tests.jobs.conftest import job_env, run_job
 
 
@@ -91,7 +92,7 @@ def test_faces_carry_lineage_and_match_the_schema(whole_run):
     out = whole_run["out"]
     for table, schema in (("images", schemas.images.SCHEMA), ("faces", schemas.faces.SCHEMA), ("pasted", schemas.pasted.SCHEMA)):
         for part in (out / table).glob("*.parquet"):
-            assert schemas.matches(pq.read_schema(part), schema), part
+            assert matches(pq.read_schema(part), schema), part
     faces = pq.read_table(out / "faces").to_pandas()
     assert len(faces) == 6
     assert faces.landmarks.map(len).eq(10).all() and faces.affine.map(len).eq(6).all()
@@ -103,7 +104,7 @@ def test_faces_carry_lineage_and_match_the_schema(whole_run):
 def test_alignment_in_the_job_recovers_the_placed_faces(whole_run):
     faces = pq.read_table(whole_run["out"] / "faces").to_pandas()
     big = faces[faces.source_uri.str.endswith("big.jpg")].sort_values("face_index")
-    crop = codec.decode_png(big.input_crop.iloc[1]["bytes"])
+    crop = decode_png(big.input_crop.iloc[1]["bytes"])
     inner = (slice(120, 440), slice(120, 400))
     assert psnr(crop[inner], synthetic_face(2, degrade=False)[inner]) >= 30
 
@@ -111,7 +112,7 @@ def test_alignment_in_the_job_recovers_the_placed_faces(whole_run):
 def test_pasted_images_have_the_input_size(whole_run):
     pasted = pq.read_table(whole_run["out"] / "pasted").to_pandas()
     assert sorted(u.rsplit("/", 1)[1] for u in pasted.source_uri) == ["big.jpg", "group.png", "small.png"]
-    group = codec.decode_png(pasted[pasted.source_uri.str.endswith("group.png")].pasted.iloc[0]["bytes"])
+    group = decode_png(pasted[pasted.source_uri.str.endswith("group.png")].pasted.iloc[0]["bytes"])
     assert group.shape == (600, 800, 3)
     far = (slice(0, 40), slice(300, 400))  # background no face covers
     assert np.array_equal(group[far], whole_run["group"][far])

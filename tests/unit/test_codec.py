@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codeformer_core.codec import decode_image, decode_png, encode_png
+from codeformer_core.codec import decode_image, encode_png
+from tests.helpers import decode_png
 
 
 def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:

@@ -7,7 +7,7 @@ from torch import nn
 
 from codeformer_core import restore
 from codeformer_core.arch import CodeFormer
-from codeformer_core.fastconv import use_winograd, winograd_available
+from codeformer_core.winograd import use_winograd, winograd_available
 from codeformer_core.restore import (
     Speed,
     auto_batch_size,

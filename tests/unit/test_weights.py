@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import save_synthetic_codeformer
 from codeformer_core import weights
 from codeformer_core.weights import (
     CheckpointMismatchError,
@@ -61,7 +62,7 @@ def test_read_checkpoint_accepts_official_and_bare_layouts(tmp_path, layout):
 
 def test_saved_synthetic_weights_are_flagged(tmp_path, monkeypatch):
     monkeypatch.setattr(weights, "synthetic_codeformer_state_dict", lambda seed: {"x.weight": torch.zeros(1)})
-    path = weights.save_synthetic_codeformer(tmp_path / "synthetic.pth", seed=3)
+    path = save_synthetic_codeformer(tmp_path / "synthetic.pth", seed=3)
 
     _, info = read_checkpoint(path)
 

@@ -1,4 +1,4 @@
-"""The Ray stages as plain functions on batches, without Ray."""
+"""The stages as plain functions and classes on batches, without Ray."""
 
 import numpy as np
 import pyarrow as pa
@@ -7,7 +7,9 @@ from codeformer_core import codec
 from codeformer_core.align import FFHQ_TEMPLATE_512
 from codeformer_core.restore import Speed
 from codeformer_core.samples import synthetic_face
-from jobs import _udf
+from jobs.pipeline import Actor, fused, stage
+from jobs.resources import MODEL
+from jobs.stages import front, models
 
 
 def test_decode_stage_keeps_every_row_and_explains_failures():
@@ -20,7 +22,7 @@ def test_decode_stage_keeps_every_row_and_explains_failures():
         "error": np.array([None, None, "OSError: gone"], dtype=object),
     }
 
-    out = _udf.decode_images(batch, max_pixels=10**8, aligned=True).to_pydict()
+    out = front.decode_images(batch, max_pixels=10**8, aligned=True).to_pydict()
 
     assert out["status"] == ["ok", "empty", "read_error"]
     assert out["error"][0] is None and "0 bytes" in out["error"][1] and out["error"][2] == "OSError: gone"
@@ -32,15 +34,15 @@ def test_decode_stage_keeps_every_row_and_explains_failures():
 def test_source_stage_gives_the_numbered_blocks_of_the_inputs():
     inputs = pa.table({"source_uri": [f"{i}.png" for i in range(7)], "image_id": [str(i) for i in range(7)]})
 
-    assert _udf.take_inputs({"id": np.array([1])}, inputs, batch_size=3).to_pydict() == {"source_uri": ["3.png", "4.png", "5.png"], "image_id": ["3", "4", "5"]}
-    assert _udf.take_inputs({"id": np.array([2, 0])}, inputs, batch_size=3).column("image_id").to_pylist() == ["6", "0", "1", "2"]
+    assert front.take_inputs({"id": np.array([1])}, inputs, batch_size=3).to_pydict() == {"source_uri": ["3.png", "4.png", "5.png"], "image_id": ["3", "4", "5"]}
+    assert front.take_inputs({"id": np.array([2, 0])}, inputs, batch_size=3).column("image_id").to_pylist() == ["6", "0", "1", "2"]
 
 
 def test_read_stage_turns_missing_files_into_rows(tmp_path):
     (tmp_path / "a.png").write_bytes(b"abc")
     batch = {"source_uri": np.array([str(tmp_path / "a.png"), str(tmp_path / "gone.png")]), "image_id": np.array(["1", "2"])}
 
-    out = _udf.read_images(batch).to_pydict()
+    out = front.read_images(batch).to_pydict()
 
     assert out["status"] == ["ok", "read_error"] and out["data"][0] == b"abc" and out["error"][1]
 
@@ -57,7 +59,7 @@ def test_align_stage_sorts_out_faces_and_bad_landmarks():
         "landmarks": np.array([np.array([good, good]), np.array([]), np.array([np.full(10, np.nan)]), np.array([])], dtype=object),
     }
 
-    out = _udf.align_faces(batch).to_pydict()
+    out = front.align_faces(batch).to_pydict()
 
     assert out["status"] == ["ok", "no_face", "bad_landmarks", "decode_error"]
     assert [len(c) for c in out["crops"]] == [2, 0, 0, 0] and len(out["affine"][0][0]) == 6
@@ -86,17 +88,45 @@ def test_fused_actor_gives_what_the_separate_stages_give():
         "pixels": np.array([scene.tobytes()], dtype=object),
     }
     spec = f"{SYNTHETIC_SPEC_PREFIX}1"
-    detect = {"config": DetectConfig(max_faces=1), "weights": None, "weights_dir": None,
-              "synthetic": True, "device": "cpu", "threads": None}
-    restore = {"weights": spec, "weights_dir": None, "expected_sha256": codeformer_weights(spec)[1].sha256,
-               "device": "cpu", "speed": Speed(batch_size=1), "fidelity": 0.5, "threads": None}
+    detect = stage(front.DetectFaces, MODEL, config=DetectConfig(max_faces=1), weights=None, weights_dir=None, synthetic=True, device="cpu")
+    restore = stage(models.RestoreFaces, MODEL, weights=spec, weights_dir=None, expected_sha256=codeformer_weights(spec)[1].sha256,
+                    device="cpu", speed=Speed(batch_size=1), fidelity=0.5)
+    composed = fused(detect, stage(front.align_faces), restore)
 
-    fused = _udf.DetectAndRestoreFaces(detect, restore)(batch).to_pydict()
-    detected = _udf.DetectFaces(**detect)(batch)
-    aligned = _udf.align_faces(numpy_batch(detected))
-    separate = _udf.RestoreFaces(**restore)(numpy_batch(aligned)).to_pydict()
+    together = Actor(composed.parts, MODEL, "cpu", 1, 2)(batch).to_pydict()
+    detected = front.DetectFaces(**detect.parts[0][1])(batch)
+    aligned = front.align_faces(numpy_batch(detected))
+    separate = models.RestoreFaces(**restore.parts[0][1])(numpy_batch(aligned)).to_pydict()
 
-    assert fused["status"] == separate["status"] == ["ok"]
-    assert len(fused["restored"][0]) == 1
+    assert together["status"] == separate["status"] == ["ok"]
+    assert len(together["restored"][0]) == 1
     for column in ("landmarks", "det_score", "affine", "crops", "restored"):
-        assert fused[column] == separate[column], column
+        assert together[column] == separate[column], column
+
+
+def test_measure_stage_measures_what_is_asked_and_fails_rows_not_the_job(monkeypatch):
+    faces = [synthetic_face(i).tobytes() for i in range(2)]
+    batch = {
+        "status": np.array(["ok", "no_face"]),
+        "error": np.array([None, None], dtype=object),
+        "crops": np.array([np.array(faces, dtype=object), np.array([], dtype=object)], dtype=object),
+        "restored": np.array([np.array(faces[::-1], dtype=object), np.array([], dtype=object)], dtype=object),
+    }
+
+    out = models.MeasureFaces(("sharpness",), None, None, "cpu", 8)(batch).to_pydict()
+    nothing = models.MeasureFaces((), None, None, "cpu", 8)(batch).to_pydict()
+
+    import json
+
+    values = [json.loads(m) for m in out["measures"][0]]
+    assert [sorted(v) for v in values] == [["restored_sharpness", "sharpness"]] * 2 and out["measures"][1] == []
+    assert values[0]["sharpness"] == values[1]["restored_sharpness"] != values[0]["restored_sharpness"]
+    assert [json.loads(m) for m in nothing["measures"][0]] == [{}, {}]
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(models, "measure_faces", out_of_memory)
+    failed = models.MeasureFaces(("sharpness",), None, None, "cpu", 8)(batch).to_pydict()
+    assert failed["status"] == ["measure_error", "no_face"] and failed["crops"][0] == [] and failed["restored"][0] == []
+    assert failed["error"][0].startswith("RuntimeError: CUDA out of memory")

@@ -1,30 +1,28 @@
-"""The pairs job's own stages for `map_batches`; reading, decoding, detection and alignment are
-the restore job's (jobs/_udf.py). Faces arrive as `crops` lists in their image's row."""
+"""The pairs job's own stages: LQ images by the degradation model, WebDataset shards, its writer."""
 
 from __future__ import annotations
 
 import io as stdio
 import json
 import tarfile
-from collections import Counter
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-import schemas
 import schemas.pair_images
 import schemas.pairs
 from codeformer_core import codec, degrade
 from codeformer_core.degrade import DegradeConfig
-from jobs import _ledger
-from jobs._udf import Batch, clean, face_of, short_error
+from codeformer_core.statuses import DEGRADE_ERROR, OK
+from jobs import ledger
+from jobs.stages.batches import Batch, clean, face_of, short_error, statuses
 
 LQ_TYPES = {"hq_png": pa.list_(pa.binary()), "lq_png": pa.list_(pa.binary()), "pair_rows": pa.list_(pa.string())}
 
 
 class MakePairs:
-    """Actor stage: samples each pair's parameters from (seed, image id, face, pair) and degrades in batches."""
+    """Samples each pair's parameters from (seed, image id, face, pair) and degrades in batches."""
 
     def __init__(self, config: DegradeConfig, seed: int, pairs_per_face: int, batch_size: int, device: str) -> None:
         torch.set_num_threads(1)  # the same arithmetic on every worker, whatever its share of the cores
@@ -35,7 +33,7 @@ class MakePairs:
         self.device = torch.device(device)
 
     def __call__(self, batch: Batch) -> pa.Table:
-        status, error = [str(s) for s in batch["status"]], [clean(e) for e in batch["error"]]
+        status, error = statuses(batch)
         todo = []  # (row, face, pair, pair seed, params)
         for i, faces in enumerate(batch["crops"]):
             image_id = str(batch["image_id"][i])
@@ -53,10 +51,10 @@ class MakePairs:
                 lq.update({(i, k, p): codec.encode_png(image) for (i, k, p, *_), image in zip(chunk, images)})
             except Exception as exc:  # e.g. out of device memory: these images fail, the job goes on
                 for i, *_ in chunk:
-                    status[i], error[i] = "degrade_error", short_error(exc)
+                    status[i], error[i] = DEGRADE_ERROR, short_error(exc)
         hq_png, lq_png, rows = [], [], []
         for i, faces in enumerate(batch["crops"]):
-            ok = status[i] == "ok"
+            ok = status[i] == OK
             hq_png.append([codec.encode_png(face_of(f)) for f in faces] if ok else [])
             mine = [t for t in todo if t[0] == i] if ok else []
             lq_png.append([lq[(i, k, p)] for i, k, p, *_ in mine])
@@ -104,32 +102,18 @@ def shard(rows: list[dict]) -> bytes:
 
 
 def write_pairs(batch: Batch, output: str, run: dict) -> Batch:
-    """Write this batch's images/ and pairs/ rows (and a webdataset shard) as one committed part."""
-    image_ids = [str(i) for i in batch["image_id"]]
-    n = len(image_ids)
+    """This batch's images/ and pairs/ rows (and a webdataset shard), as one committed part."""
+    n = len(batch["image_id"])
     rows = pair_rows(batch, run)
-    images = pa.table(
-        {
-            "source_uri": [str(u) for u in batch["source_uri"]],
-            "image_id": image_ids,
-            "status": [str(s) for s in batch["status"]],
-            "error": [clean(e) for e in batch["error"]],
-            "width": [clean(v) for v in batch["width"]],
-            "height": [clean(v) for v in batch["height"]],
-            "num_faces": [len(h) for h in batch["hq_png"]],
-            "num_pairs": [len(r) for r in batch["pair_rows"]],
-            "preset": [run["preset"]["name"]] * n,
-            "seed": [run["seed"]] * n,
-            "code_version": [run["code_version"]] * n,
-        }
+    images = ledger.images_table(
+        batch, schemas.pair_images.SCHEMA,
+        num_faces=[len(h) for h in batch["hq_png"]],
+        num_pairs=[len(r) for r in batch["pair_rows"]],
+        preset=[run["preset"]["name"]] * n,
+        seed=[run["seed"]] * n,
+        code_version=[run["code_version"]] * n,
     )
-    tables = {
-        "images": schemas.conform(images, schemas.pair_images.SCHEMA),
-        "pairs": pa.Table.from_pylist(rows, schema=schemas.pairs.SCHEMA),
-    }
-    part = _ledger.new_part_name()
+    tables = {"images": images, "pairs": pa.Table.from_pylist(rows, schema=schemas.pairs.SCHEMA)}
+    part = ledger.new_part_name()
     files = {f"shards/{part}.tar": shard(rows)} if run["format"] == "webdataset" and rows else None
-    statuses = Counter(str(s) for s in batch["status"])
-    _ledger.write_part(output, part, tables, image_ids, dict(statuses), len(rows), files)
-    return {"inputs": np.array([n]), "items": np.array([len(rows)]), "statuses": np.array([json.dumps(statuses)])}
-
+    return ledger.commit(batch, output, tables, len(rows), part, files)

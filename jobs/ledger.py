@@ -1,4 +1,4 @@
-"""Resumable output: Parquet parts made visible by commit records.
+"""The output ledger: Parquet parts made visible by commit records, and the committed tables read back.
 
 A write task writes its part files (one per table), then a commit record
 `_commits/<part>.json` naming the part's files and image ids. A part without a commit
@@ -13,13 +13,17 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from codeformer_core import io
+import schemas
+from codeformer_core import storage
+from jobs.stages.batches import Batch, clean
 
 COMMITS = "_commits"
 RUN_RECORD = "_run.json"
@@ -42,6 +46,27 @@ def new_part_name() -> str:
     return f"part-{uuid.uuid4().hex}"
 
 
+def images_table(batch: Batch, schema: pa.Schema, **columns: list) -> pa.Table:
+    """The batch's `images/` rows: the columns every job has, then the job's own `columns`."""
+    common = {
+        "source_uri": [str(u) for u in batch["source_uri"]],
+        "image_id": [str(i) for i in batch["image_id"]],
+        "status": [str(s) for s in batch["status"]],
+        "error": [clean(e) for e in batch["error"]],
+        "width": [clean(v) for v in batch["width"]],
+        "height": [clean(v) for v in batch["height"]],
+    }
+    return schemas.conform(pa.table({**common, **columns}), schema)
+
+
+def commit(batch: Batch, output: str, tables: dict[str, pa.Table], items: int, part: str | None = None, files: dict[str, bytes] | None = None) -> Batch:
+    """Write `tables` (and `files`) for the inputs of `batch` as one committed part; the counts the driver adds up."""
+    image_ids = [str(i) for i in batch["image_id"]]
+    counts = Counter(str(s) for s in batch["status"])
+    write_part(output, part or new_part_name(), tables, image_ids, dict(counts), items, files)
+    return {"inputs": np.array([len(image_ids)]), "items": np.array([items]), "statuses": np.array([json.dumps(counts)])}
+
+
 def write_part(
     output: str,
     part: str,
@@ -57,25 +82,25 @@ def write_part(
     for name, table in tables.items():
         if table.num_rows:
             rel = f"{name}/{part}.parquet"
-            filesystem, path = io.filesystem_and_path(io.join(output, rel))
+            filesystem, path = storage.filesystem_and_path(storage.join(output, rel))
             filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
             pq.write_table(table, path, filesystem=filesystem)
             written.append(rel)
     for rel, data in (files or {}).items():
-        io.write_bytes(io.join(output, rel), data)
+        storage.write_bytes(storage.join(output, rel), data)
         written.append(rel)
     record = {"part": part, "files": written, "image_ids": image_ids, "statuses": statuses, "items": items}
-    io.write_bytes(io.join(output, COMMITS, f"{part}.json"), json.dumps(record).encode())
+    storage.write_bytes(storage.join(output, COMMITS, f"{part}.json"), json.dumps(record).encode())
 
 
 def _read_json(uri: str) -> dict:
-    return json.loads(io.read_bytes(uri))
+    return json.loads(storage.read_bytes(uri))
 
 
 def prepare(output: str, run: dict, folders: tuple[str, ...]) -> Resume:
     """Check that `output` holds nothing or an earlier run of the same settings, drop orphans, list done ids."""
-    record_uri = io.join(output, RUN_RECORD)
-    if io.file_size(record_uri) is not None:
+    record_uri = storage.join(output, RUN_RECORD)
+    if storage.file_size(record_uri) is not None:
         earlier = _read_json(record_uri)
         changed = {k: (earlier.get(k), v) for k, v in run.items() if earlier.get(k) != v}
         if changed:
@@ -85,24 +110,24 @@ def prepare(output: str, run: dict, folders: tuple[str, ...]) -> Resume:
                 "Use another --output, or the same settings to resume."
             )
     else:
-        io.write_bytes(record_uri, json.dumps(run, indent=2).encode())
+        storage.write_bytes(record_uri, json.dumps(run, indent=2).encode())
 
-    commit_uris = io.list_files(io.join(output, COMMITS), suffix=".json")
+    commit_uris = storage.list_files(storage.join(output, COMMITS), suffix=".json")
     with ThreadPoolExecutor(READ_THREADS) as pool:
         records = list(pool.map(_read_json, commit_uris))
     present = {
-        f"{folder}/{uri.rsplit('/', 1)[1]}" for folder in folders for uri in io.list_files(io.join(output, folder))
+        f"{folder}/{uri.rsplit('/', 1)[1]}" for folder in folders for uri in storage.list_files(storage.join(output, folder))
     }
     # A record whose files are gone (removed by hand, or a write that outlived its crashed
     # driver and committed after a rerun swept its files) does not count: its inputs are redone.
     broken = [uri for uri, r in zip(commit_uris, records) if not set(r["files"]) <= present]
     for uri in broken:
-        io.delete(uri)
+        storage.delete(uri)
     records = [r for r in records if set(r["files"]) <= present]
     committed = {f for r in records for f in r["files"]}
     orphans = sorted(present - committed)
     for rel in orphans:
-        io.delete(io.join(output, rel))
+        storage.delete(storage.join(output, rel))
     statuses: Counter[str] = Counter()
     for r in records:
         statuses.update(r["statuses"])
@@ -112,3 +137,12 @@ def prepare(output: str, run: dict, folders: tuple[str, ...]) -> Resume:
         items=sum(r["items"] for r in records),
         orphans_removed=len(orphans),
     )
+
+
+def committed_tables(output: str, name: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """Each committed part of table `name`, one at a time, so that memory stays flat."""
+    for uri in storage.list_files(storage.join(output, COMMITS), suffix=".json"):
+        for rel in _read_json(uri)["files"]:
+            if rel.startswith(f"{name}/"):
+                filesystem, path = storage.filesystem_and_path(storage.join(output, rel))
+                yield pq.read_table(path, filesystem=filesystem, columns=columns)

@@ -1,0 +1,29 @@
+"""The one vocabulary of row statuses: `ok`, or why an input gave no (or fewer) results."""
+
+from __future__ import annotations
+
+OK = "ok"
+READ_ERROR = "read_error"
+EMPTY = "empty"
+TOO_LARGE = "too_large"
+DECODE_ERROR = "decode_error"
+NO_FACE = "no_face"
+BAD_LANDMARKS = "bad_landmarks"
+DETECT_ERROR = "detect_error"
+RESTORE_ERROR = "restore_error"
+MEASURE_ERROR = "measure_error"
+DEGRADE_ERROR = "degrade_error"
+
+MEANINGS = {
+    OK: "processed",
+    READ_ERROR: "the bytes could not be read (missing object, no permission, storage error)",
+    EMPTY: "the file has 0 bytes",
+    TOO_LARGE: "more pixels than --max-pixels, checked from the header before decoding",
+    DECODE_ERROR: "not a readable image: unknown format, damaged header or data",
+    NO_FACE: "no face was found or given",
+    BAD_LANDMARKS: "given landmarks are unusable: NaN, collinear, or far outside the image",
+    DETECT_ERROR: "the detector failed on this batch (e.g. out of memory)",
+    RESTORE_ERROR: "the restoration network failed on this batch",
+    MEASURE_ERROR: "measuring failed on this batch",
+    DEGRADE_ERROR: "making the LQ images failed on this batch",
+}

@@ -1,0 +1,57 @@
+"""Aligned 512x512 face crops with their landmarks, and nothing else: the first step of an FFHQ-style dataset.
+
+    python -m jobs.crop --input URI --output URI [--det-threshold 0.9] [--min-face-size 128]
+
+Output under --output: images/ (one row per input, with a status) and crops/ (one row per face:
+landmarks, the affine from the image to the crop, the crop as PNG). A rerun resumes.
+"""
+
+import sys
+from dataclasses import asdict
+
+import pyarrow as pa
+
+import schemas.crop_images
+import schemas.crops
+from codeformer_core.weights import resolve
+from jobs import cli, ledger
+from jobs.driver import Job, main
+from jobs.pipeline import stage
+from jobs.resources import MODEL
+from jobs.stages import front, models
+from jobs.stages.batches import clean
+
+
+def write_crops(batch, output: str, run: dict):
+    landmarks = batch["landmarks"] if "landmarks" in batch else [None] * len(batch["image_id"])
+    rows = [
+        {"image_id": str(i), "source_uri": str(u), "face_index": k, "landmarks": clean(lm[k]) if lm is not None else None,
+         "affine": clean(affine[k]), "crop": {"bytes": crop, "path": f"{i}_{k}.png"}}
+        for i, u, lm, affine, crops in zip(batch["image_id"], batch["source_uri"], landmarks, batch["affine"], batch["crops"])
+        for k, crop in enumerate(crops)
+    ]
+    faces = [len(c) for c in batch["crops"]]
+    images = ledger.images_table(batch, schemas.crop_images.SCHEMA, num_faces=faces, code_version=[run["code_version"]] * len(faces))
+    return ledger.commit(batch, output, {"images": images, "crops": pa.Table.from_pylist(rows, schema=schemas.crops.SCHEMA)}, len(rows))
+
+
+def preflight(common, detect, detecting: bool) -> dict:
+    if detecting and not common.synthetic:
+        resolve(detect.model, weights_dir=common.weights_dir)
+    return {"aligned": common.aligned, "max_pixels": common.max_pixels, "detect": asdict(detect), "synthetic_weights": common.synthetic}
+
+
+def stages(common, detect, ctx):
+    found = [stage(front.read_images), stage(front.decode_images, max_pixels=common.max_pixels, aligned=common.aligned)]
+    if ctx.detecting:
+        found.append(stage(front.DetectFaces, MODEL, 1, detect.batch_size, config=detect, weights=None,
+                           weights_dir=common.weights_dir, synthetic=common.synthetic, device=ctx.place.device))
+    if not common.aligned:
+        found.append(stage(front.align_faces))
+    return found + [stage(models.encode_faces, columns=("crops",)), stage(write_crops, output=common.output, run=ctx.record)]
+
+
+JOB = Job("crop", __doc__, ("images", "crops"), "faces", "cropped", cli.add_detect_flags, lambda args, common: cli.detect_config(args), preflight, stages)
+
+if __name__ == "__main__":
+    sys.exit(main(JOB))

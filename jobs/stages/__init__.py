@@ -1,0 +1,3 @@
+"""Callable stages for `map_batches`, each a thin adapter over the library: `front` (read, decode,
+detect, align: every job), `models` (restore, measure, paste), and each job's own (`restore`,
+`audit`, `pairs`). Batches hold one row per input image; its faces are lists in that row."""

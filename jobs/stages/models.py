@@ -1,0 +1,103 @@
+"""The model stages: restore faces with CodeFormer, measure them, paste them back, encode them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from codeformer_core import codec, paste
+from codeformer_core.arcface import load_arcface
+from codeformer_core.detect import Detector
+from codeformer_core.measure import landmark_distances, measure_faces
+from codeformer_core.parsing import FaceParser
+from codeformer_core.restore import Restorer, Speed
+from codeformer_core.statuses import MEASURE_ERROR, OK, RESTORE_ERROR
+from jobs.stages.batches import Batch, face_of, image_of, short_error, statuses, table
+
+
+class RestoreFaces:
+    """CodeFormer loaded once; `restored` gets each row's faces restored, as raw pixels."""
+
+    def __init__(self, weights: str, weights_dir: str | None, expected_sha256: str, device: str, speed: Speed, fidelity: float) -> None:
+        self.restorer, info = Restorer.from_checkpoint(weights, device, speed, weights_dir)
+        if info.sha256 != expected_sha256:
+            raise RuntimeError(f"weights {weights} on this worker have sha256 {info.sha256}, the driver checked {expected_sha256}")
+        self.fidelity = fidelity
+
+    def __call__(self, batch: Batch) -> pa.Table:
+        crops = [list(c) for c in batch["crops"]]
+        status, error = statuses(batch)
+        try:
+            restored = iter(self.restorer.restore([face_of(b) for faces in crops for b in faces], self.fidelity))
+            nested = [[next(restored).tobytes() for _ in faces] for faces in crops]
+        except Exception as exc:  # a failed forward (e.g. out of memory) fails its rows, not the job
+            nested = [[] for _ in crops]
+            for i, faces in enumerate(crops):
+                if faces:
+                    status[i], error[i] = RESTORE_ERROR, short_error(exc)
+        return table(batch, status=status, error=error, restored=nested)
+
+
+class MeasureFaces:
+    """`measures`: per face a JSON object of the no-reference `metrics` of its crop and, when the
+    batch has `restored` faces, of its restoration, with the ArcFace identity similarity between the
+    two (`identity`: ArcFace's load arguments) and their landmark distance (`lmd`: the detector's)."""
+
+    def __init__(self, metrics: tuple[str, ...], identity: dict | None, lmd: dict | None, device: str, batch_size: int) -> None:
+        self.device = torch.device(device)
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self.arcface = load_arcface(self.device, **identity) if identity else None
+        self.detector = Detector.from_weights(device=self.device, **lmd) if lmd else None
+
+    def __call__(self, batch: Batch) -> pa.Table:
+        status, error = statuses(batch)
+        has_restored = "restored" in batch
+        todo = [(i, k) for i, crops in enumerate(batch["crops"]) if status[i] == OK for k in range(len(crops))]
+        faces = [face_of(batch["crops"][i][k]) for i, k in todo]
+        restored = [face_of(batch["restored"][i][k]) for i, k in todo] if has_restored else None
+        measures: list[list[str]] = [[] for _ in status]
+        crops, outs = [list(c) for c in batch["crops"]], [list(r) for r in batch["restored"]] if has_restored else None
+        try:
+            measured = measure_faces(faces, restored, self.arcface, self.device, self.batch_size, self.metrics)
+            if self.detector and restored is not None:
+                for values, lmd in zip(measured, landmark_distances(self.detector, faces, restored)):
+                    values["lmd"] = lmd
+            for (i, _), values in zip(todo, measured):
+                measures[i].append(json.dumps(values))
+        except Exception as exc:  # e.g. out of device memory: these images fail, the job goes on
+            for i in {i for i, _ in todo}:
+                status[i], error[i], measures[i], crops[i] = MEASURE_ERROR, short_error(exc), [], []
+                if outs is not None:
+                    outs[i] = []
+        extra = {"restored": outs} if outs is not None else {}
+        return table(batch, status=status, error=error, measures=measures, crops=crops, **extra)
+
+
+class PasteFaces:
+    """Each whole image with its restored faces pasted back (`pasted`, PNG); ParseNet masks with `parse`."""
+
+    def __init__(self, upscale: int, parse: bool, weights_dir: str | None, synthetic: bool) -> None:
+        self.upscale = upscale
+        self.parser = FaceParser.from_weights(torch.device("cpu"), None, weights_dir, 1 if synthetic else None) if parse else None
+
+    def __call__(self, batch: Batch) -> pa.Table:
+        pasted = []
+        for i, restored in enumerate(batch["restored"]):
+            if len(restored) == 0:
+                pasted.append(None)
+                continue
+            image = image_of(batch["pixels"][i], batch["width"][i], batch["height"][i])
+            faces = [face_of(f) for f in restored]
+            affines = [np.asarray(a, dtype=np.float64).reshape(2, 3) for a in batch["affine"][i]]
+            masks = self.parser.masks(faces) if self.parser else None
+            pasted.append(codec.encode_png(paste.paste_faces(image, faces, affines, self.upscale, masks)))
+        return table(batch, pasted=pasted)
+
+
+def encode_faces(batch: Batch, columns: tuple[str, ...]) -> pa.Table:
+    """The raw faces of `columns` as PNGs; the whole images' pixels are dropped (nothing after needs them)."""
+    return table(batch, drop=("pixels",), **{c: [[codec.encode_png(face_of(b)) for b in faces] for faces in batch[c]] for c in columns})

@@ -1,0 +1,59 @@
+"""The restore job's writer: images/, faces/ (restored and input crops, lineage, measures) and pasted/."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pyarrow as pa
+
+import schemas.faces
+import schemas.images
+import schemas.pasted
+from jobs import ledger
+from jobs.stages.batches import Batch, clean, missing
+
+
+def face_rows(batch: Batch) -> list[dict]:
+    rows = []
+    for i, image_id in enumerate(str(x) for x in batch["image_id"]):
+        uri = str(batch["source_uri"][i])
+        bbox, score = clean(batch["bbox"][i]) if "bbox" in batch else None, clean(batch["det_score"][i]) if "det_score" in batch else None
+        landmarks = clean(batch["landmarks"][i]) if "landmarks" in batch else None
+        measures = [json.loads(m) for m in batch["measures"][i]] if "measures" in batch else [{} for _ in batch["restored"][i]]
+        for k, (out, crop) in enumerate(zip(batch["restored"][i], batch["crops"][i])):
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "source_uri": uri,
+                    "face_index": k,
+                    "bbox": bbox[k] if bbox else None,
+                    "det_score": score[k] if score else None,
+                    "landmarks": landmarks[k] if landmarks else None,
+                    "affine": clean(batch["affine"][i][k]),
+                    "restored": {"bytes": out, "path": f"{image_id}_{k}.png"},
+                    "input_crop": {"bytes": crop, "path": f"{image_id}_{k}_input.png"},
+                    **{name: None if math.isnan(v) else v for name, v in measures[k].items()},
+                }
+            )
+    return rows
+
+
+def write_restored(batch: Batch, output: str, run: dict) -> Batch:
+    """This batch's rows of every table, as one committed part."""
+    n = len(batch["image_id"])
+    faces = face_rows(batch)
+    lineage = {"code_version": [run["code_version"]] * n, "weights_sha256": [run["weights_sha256"]] * n}
+    lineage |= {"weights_synthetic": [run["weights_synthetic"]] * n, "fidelity": [run["fidelity"]] * n}
+    tables = {
+        "images": ledger.images_table(batch, schemas.images.SCHEMA, num_faces=[len(r) for r in batch["restored"]], **lineage),
+        "faces": pa.Table.from_pylist(faces, schema=schemas.faces.SCHEMA),
+    }
+    if "pasted" in batch:
+        pasted = [
+            {"image_id": str(batch["image_id"][i]), "source_uri": str(batch["source_uri"][i]), "upscale": run["upscale"],
+             "pasted": {"bytes": png, "path": f"{batch['image_id'][i]}_pasted.png"}}
+            for i, png in enumerate(batch["pasted"]) if not missing(png)
+        ]
+        tables["pasted"] = pa.Table.from_pylist(pasted, schema=schemas.pasted.SCHEMA)
+    return ledger.commit(batch, output, tables, len(faces))

@@ -1,0 +1,22 @@
+"""`images/` of the crop job: exactly one row per input image, whatever happened to it."""
+
+import pyarrow as pa
+
+from schemas import STATUS, versioned
+
+VERSION = 1
+
+SCHEMA = versioned(
+    "crop_images",
+    VERSION,
+    [
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        STATUS,
+        pa.field("error", pa.string()),  # null when ok
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("num_faces", pa.int32(), nullable=False),
+        pa.field("code_version", pa.string(), nullable=False),
+    ],
+)
