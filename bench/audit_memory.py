@@ -7,7 +7,7 @@ exactly that many inputs (listing it is part of the measurement), so no detector
 decoded, aligned to 512x512, measured, thumbnailed, written to Parquet and summarised for the
 report.
 
-Each count runs the real job (`jobs.audit.main`) in a fresh Python process that starts its own
+Each count runs the real job (`jobs.driver.main(jobs.audit.JOB)`) in a fresh Python process that starts its own
 local Ray, into a fresh output folder. Driver peak: getrusage(RUSAGE_SELF).ru_maxrss of that
 driver process alone (Ray's own processes and the actors are not in it). Window growth and
 peak: the largest the job reports for the Ray workers that ran its windows (how much a worker
@@ -36,8 +36,8 @@ from codeformer_core.align import FFHQ_TEMPLATE_512
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = """
 import json, resource, sys
-from jobs import audit
-rc = audit.main(sys.argv[1:])
+from jobs import audit, driver
+rc = driver.main(audit.JOB, sys.argv[1:])
 print(json.dumps({"rc": rc, "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
 

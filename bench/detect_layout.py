@@ -17,7 +17,7 @@ import cv2
 from detect import images
 from pipeline import end_to_end
 
-from jobs import _common, restore
+from jobs import driver, restore
 
 
 def run(folder: Path, output: Path, layout: str, limit: int, batch_size: int) -> float:
@@ -40,7 +40,7 @@ def main() -> None:
         folder.mkdir()
         for i, image in enumerate(images(args.images, 480, 640)):
             cv2.imwrite(str(folder / f"scene_{i:04d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        _common.start_ray(None)
+        driver.start_ray(None)
         for layout in restore.LAYOUTS:
             small = run(folder, Path(tmp) / f"{layout}_small", layout, args.small, args.batch_size)
             large = run(folder, Path(tmp) / f"{layout}_large", layout, args.images, args.batch_size)

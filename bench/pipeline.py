@@ -25,16 +25,15 @@ import torch
 from codeformer_core.restore import Restorer, Speed
 from codeformer_core.samples import synthetic_face
 from codeformer_core.weights import build_codeformer, codeformer_weights
-from jobs import _common, restore
+from jobs import driver, restore
 
 
 def end_to_end(argv: list[str], faces: int) -> float:
     """Wall seconds of the restore job run with `argv` in this process, Ray already running."""
-    cfg = restore.config_from_args(argv)
     start = time.perf_counter()
-    uris, weights, _ = restore.preflight(cfg)
-    plans = restore.plan(cfg, uris, weights, restore.run_record(cfg, weights))
-    restored = sum(int(n) for ds in plans for batch in ds.iter_batches(batch_size=None, batch_format="numpy") for n in batch["items"])
+    common, cfg, inputs, run, _ = driver.prepare(restore.JOB, argv)
+    plans = driver.plans(restore.JOB, common, cfg, inputs, run)
+    restored = sum(int(n) for plan in plans for batch in plan().iter_batches(batch_size=None, batch_format="numpy") for n in batch["items"])
     assert restored == faces, f"{restored} faces restored, {faces} expected"
     return time.perf_counter() - start
 
@@ -73,7 +72,7 @@ def main() -> None:
             cv2.imwrite(str(folder / f"face_{i:04d}.png"), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
         threads = torch.get_num_threads()
         model_rate = model_only(crops, args.batch_size, threads)  # before Ray starts, which takes CPU of its own
-        _common.start_ray(None)
+        driver.start_ray(None)
         small = aligned_run(folder, Path(tmp) / "small", args.batch_size, args.small)
         large = aligned_run(folder, Path(tmp) / "large", args.batch_size, args.faces)
     job_rate = (args.faces - args.small) / (large - small)

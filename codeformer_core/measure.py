@@ -8,7 +8,7 @@ from collections.abc import Collection, Sequence
 import numpy as np
 import torch
 
-from codeformer_core import metrics
+from codeformer_core import face_metrics, metrics
 from codeformer_core.detect import Detector
 
 
@@ -35,7 +35,7 @@ def measure_faces(
             y = as_tensor(restored[start : start + batch_size], device)
             values |= {f"restored_{k}": v.tolist() for k, v in metrics.no_reference(y, names).items()}
             if arcface is not None:
-                cosine, degrees = metrics.ids(metrics.identity_embeddings(arcface, x), metrics.identity_embeddings(arcface, y))
+                cosine, degrees = face_metrics.ids(face_metrics.identity_embeddings(arcface, x), face_metrics.identity_embeddings(arcface, y))
                 values |= {"ids_cosine": cosine.tolist(), "ids_degrees": degrees.tolist()}
         out += [{k: v[j] for k, v in values.items()} for j in range(len(x))]
     return out
@@ -47,6 +47,6 @@ def landmark_distances(detector: Detector, faces: Sequence[np.ndarray], restored
     found = detector.detect(list(faces) + list(restored))
     pairs = zip(found[: len(faces)], found[len(faces) :])
     return [
-        float(metrics.landmark_distance(a[0].landmarks[None], b[0].landmarks[None])[0]) if a and b else math.nan
+        float(face_metrics.landmark_distance(a[0].landmarks[None], b[0].landmarks[None])[0]) if a and b else math.nan
         for a, b in pairs
     ]

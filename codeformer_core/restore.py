@@ -18,8 +18,8 @@ from torch import nn
 
 from codeformer_core.align import FACE_SIZE
 from codeformer_core.arch import CodeFormer
-from codeformer_core.winograd import use_winograd, winograd_available
 from codeformer_core.weights import WeightsInfo, build_codeformer, codeformer_weights
+from codeformer_core.winograd import use_winograd, winograd_available
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Memory of a forward per face in float32, with margin; half precisions take half. An estimate:

@@ -27,18 +27,16 @@ from codeformer_core import storage
 from codeformer_core.detect import DetectConfig
 from codeformer_core.metrics import NO_REFERENCE
 from codeformer_core.report import render
-from codeformer_core.restore import Speed
 from codeformer_core.thresholds import Rule, load_rules
-from codeformer_core.weights import codeformer_weights, resolve
 from jobs import cli
+from jobs.audit_report import KEPT_MANIFEST, summarize
 from jobs.cli import UsageError, positive_int
 from jobs.driver import Common, Job, main
 from jobs.memory import release_freed_memory
 from jobs.pipeline import Context, Stage, stage
-from jobs.resources import MODEL
-from jobs.stages import front, models
+from jobs.shared_stages import check_weights, front_stages, measure_stage, restore_stage
+from jobs.stages import models
 from jobs.stages.audit import thumbnails, write_audit
-from jobs.audit_report import KEPT_MANIFEST, summarize
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
@@ -52,13 +50,8 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class AuditConfig:
-    restore: bool
-    weights: str
-    fidelity: float
-    speed: Speed
-    metrics: tuple[str, ...]
-    identity: bool
-    arcface_weights: str | None
+    restoration: cli.Restoration | None  # with --restore
+    measures: cli.Measures
     thresholds: tuple[Rule, ...]
     gallery_size: int
     detect: DetectConfig
@@ -76,50 +69,36 @@ def configure(args: argparse.Namespace, common: Common) -> AuditConfig:
     skipped = {r.column for r in rules if r.column.removeprefix("restored_") in set(NO_REFERENCE) - set(args.metrics)}
     if skipped:
         raise UsageError(f"thresholds on {', '.join(sorted(skipped))} need those metrics in --metrics")
-    return AuditConfig(
-        restore=args.restore, weights=common.spec(args.weights), fidelity=args.fidelity, speed=cli.speed(args), metrics=args.metrics,
-        identity=args.restore and not args.no_identity, arcface_weights=args.arcface_weights, thresholds=rules,
-        gallery_size=args.gallery_size, detect=cli.detect_config(args), detector_weights=args.detector_weights,
-    )
+    restoration = cli.restoration(args, common.synthetic) if args.restore else None
+    return AuditConfig(restoration, cli.measures(args, args.restore), rules, args.gallery_size, cli.detect_config(args), args.detector_weights)
 
 
 def preflight(common: Common, cfg: AuditConfig, detecting: bool) -> dict:
-    weights = codeformer_weights(cfg.weights, common.weights_dir)[1] if cfg.restore else None
-    if not common.synthetic:
-        if detecting or cfg.restore:
-            resolve(cfg.detector_weights or cfg.detect.model, weights_dir=common.weights_dir)
-        if cfg.identity:
-            resolve(cfg.arcface_weights or "arcface", weights_dir=common.weights_dir)
-    restore = {"fidelity": cfg.fidelity, "precision": cfg.speed.precision, "weights_sha256": weights.sha256, "identity": cfg.identity} if weights else None
+    detector = (cfg.detector_weights or cfg.detect.model) if detecting or cfg.restoration else None
+    weights = check_weights(common, cfg.restoration, detector, cfg.measures)
+    r = cfg.restoration
+    restore = {"fidelity": r.fidelity, "precision": r.speed.precision, "weights_sha256": weights.sha256, "identity": cfg.measures.identity} if r else None
     return {
         "aligned": common.aligned, "max_pixels": common.max_pixels, "detect": None if common.aligned else asdict(cfg.detect),
-        "synthetic_weights": common.synthetic, "restore": restore, "thresholds": [asdict(r) for r in cfg.thresholds], "metrics": list(cfg.metrics),
+        "synthetic_weights": common.synthetic, "restore": restore, "thresholds": [asdict(r) for r in cfg.thresholds], "metrics": list(cfg.measures.metrics),
     }
 
 
 def stages(common: Common, cfg: AuditConfig, ctx: Context) -> list[Stage]:
-    device, seed = ctx.place.device, common.seed()
-    detector = {"config": cfg.detect, "weights": cfg.detector_weights, "weights_dir": common.weights_dir}
-    found = [stage(front.read_images), stage(front.decode_images, max_pixels=common.max_pixels, aligned=common.aligned)]
-    if ctx.detecting:
-        found.append(stage(front.DetectFaces, MODEL, 1, cfg.detect.batch_size, **detector, synthetic=common.synthetic, device=device))
-    if not common.aligned:
-        found.append(stage(front.align_faces))
-    if cfg.restore:
-        found.append(stage(models.RestoreFaces, MODEL, 2, weights=cfg.weights, weights_dir=common.weights_dir,
-                           expected_sha256=ctx.record["restore"]["weights_sha256"], device=device, speed=cfg.speed, fidelity=cfg.fidelity))
-    identity = {"weights": cfg.arcface_weights, "weights_dir": common.weights_dir, "synthetic_seed": seed} if cfg.identity else None
-    lmd = {**detector, "synthetic_seed": seed} if cfg.restore else None
-    found.append(stage(models.MeasureFaces, MODEL, 1, metrics=cfg.metrics, identity=identity, lmd=lmd, device=device, batch_size=ctx.block))
-    found.append(stage(thumbnails))
-    if cfg.restore:
+    found = front_stages(common, cfg.detect, cfg.detector_weights, ctx)
+    restoring = cfg.restoration is not None
+    if restoring:
+        found.append(restore_stage(common, cfg.restoration, ctx, ctx.record["restore"]["weights_sha256"]))
+    lmd = {"config": cfg.detect, "weights": cfg.detector_weights} if restoring else None
+    found += [measure_stage(common, cfg.measures, ctx, lmd), stage(thumbnails)]
+    if restoring:
         found.append(stage(models.encode_faces, columns=("restored",)))
     return found + [stage(write_audit, output=common.output, run=ctx.record, rules=cfg.thresholds)]
 
 
 def finish(common: Common, cfg: AuditConfig, statuses: Counter) -> list[str]:
     print("summarising the written tables for the report", file=sys.stderr)
-    summary, kept = summarize(common.output, cfg.restore, cfg.metrics, cfg.gallery_size)
+    summary, kept = summarize(common.output, cfg.restoration is not None, cfg.measures.metrics, cfg.gallery_size)
     release_freed_memory()
     title = f"Audit of {common.input}" + (" (SYNTHETIC WEIGHTS: the figures are not real measurements)" if common.synthetic else "")
     for rel, data in render(summary, {r.name: r.limit for r in cfg.thresholds}, title).items():

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 from codeformer_core.codec import DEFAULT_MAX_PIXELS
 from codeformer_core.detect import MODELS, DetectConfig
 from codeformer_core.metrics import NO_REFERENCE
 from codeformer_core.restore import MAX_AUTO_BATCH, PRECISIONS, Speed
+from codeformer_core.weights import SYNTHETIC_SPEC_PREFIX
 
 # The process that drives a Ray Data run keeps memory for every block the run has made until the
 # run ends (ray-project/ray#66016, and native memory of Ray's core worker that even outlives the
@@ -142,12 +144,20 @@ def add_restore_flags(p: argparse.ArgumentParser, what: str) -> None:
     r.add_argument("--compile", action="store_true", help="torch.compile the network: faster forwards after a warm-up of a minute or more per actor")
 
 
-def speed(args: argparse.Namespace) -> Speed:
+@dataclass(frozen=True)
+class Restoration:
+    weights: str  # what codeformer_weights takes, `synthetic:1` included
+    fidelity: float
+    speed: Speed
+
+
+def restoration(args: argparse.Namespace, synthetic: bool) -> Restoration:
     switch = {"auto": None, "on": True, "off": False}
-    return Speed(
+    speed = Speed(
         precision=args.precision, channels_last=switch[args.channels_last], winograd=switch[args.winograd],
         compile=args.compile, batch_size=args.batch_size,
     )
+    return Restoration(f"{SYNTHETIC_SPEC_PREFIX}1" if synthetic else args.weights, args.fidelity, speed)
 
 
 def add_measure_flags(p: argparse.ArgumentParser) -> None:
@@ -161,3 +171,14 @@ def add_measure_flags(p: argparse.ArgumentParser) -> None:
     )
     m.add_argument("--no-identity", action="store_true", help="skip the ArcFace identity similarity between each face and its restoration (then no ArcFace weights are needed)")
     m.add_argument("--arcface-weights", default=None, help="ArcFace checkpoint for identity similarity: path or s3:// URI (default: the official file, found as the README says)")
+
+
+@dataclass(frozen=True)
+class Measures:
+    metrics: tuple[str, ...]  # no-reference metrics
+    identity: bool  # ArcFace similarity between each face and its restoration
+    arcface_weights: str | None
+
+
+def measures(args: argparse.Namespace, restoring: bool) -> Measures:
+    return Measures(args.metrics, restoring and not args.no_identity, args.arcface_weights)

@@ -13,12 +13,11 @@ import pyarrow as pa
 
 import schemas.crop_images
 import schemas.crops
-from codeformer_core.weights import resolve
 from jobs import cli, ledger
 from jobs.driver import Job, main
 from jobs.pipeline import stage
-from jobs.resources import MODEL
-from jobs.stages import front, models
+from jobs.shared_stages import check_weights, front_stages
+from jobs.stages import models
 from jobs.stages.batches import clean
 
 
@@ -36,19 +35,12 @@ def write_crops(batch, output: str, run: dict):
 
 
 def preflight(common, detect, detecting: bool) -> dict:
-    if detecting and not common.synthetic:
-        resolve(detect.model, weights_dir=common.weights_dir)
+    check_weights(common, None, detect.model if detecting else None, None)
     return {"aligned": common.aligned, "max_pixels": common.max_pixels, "detect": asdict(detect), "synthetic_weights": common.synthetic}
 
 
 def stages(common, detect, ctx):
-    found = [stage(front.read_images), stage(front.decode_images, max_pixels=common.max_pixels, aligned=common.aligned)]
-    if ctx.detecting:
-        found.append(stage(front.DetectFaces, MODEL, 1, detect.batch_size, config=detect, weights=None,
-                           weights_dir=common.weights_dir, synthetic=common.synthetic, device=ctx.place.device))
-    if not common.aligned:
-        found.append(stage(front.align_faces))
-    return found + [stage(models.encode_faces, columns=("crops",)), stage(write_crops, output=common.output, run=ctx.record)]
+    return front_stages(common, detect, None, ctx) + [stage(models.encode_faces, columns=("crops",)), stage(write_crops, output=common.output, run=ctx.record)]
 
 
 JOB = Job("crop", __doc__, ("images", "crops"), "faces", "cropped", cli.add_detect_flags, lambda args, common: cli.detect_config(args), preflight, stages)

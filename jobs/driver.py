@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import codeformer_core
-from codeformer_core.weights import SYNTHETIC_SPEC_PREFIX, WeightsError
+from codeformer_core.weights import WeightsError
 from jobs import cli, ledger, listing, memory, pipeline, resources, windows
 from jobs.cli import UsageError
 from jobs.pipeline import Context, Stage
@@ -57,14 +57,6 @@ class Common:
             uri_column=args.uri_column, weights_dir=args.weights_dir, synthetic=args.synthetic_weights, batch_size=args.batch_size,
             workers=args.workers, threads=args.threads_per_worker, device=args.device, ray_address=args.ray_address, window=args.window,
         )
-
-    def spec(self, weights: str) -> str:
-        """The CodeFormer weights spec: `weights`, or synthetic ones."""
-        return f"{SYNTHETIC_SPEC_PREFIX}1" if self.synthetic else weights
-
-    def seed(self) -> int | None:
-        """The synthetic seed of the other networks, or None for their checkpoints."""
-        return 1 if self.synthetic else None
 
 
 @dataclass(frozen=True)
@@ -134,7 +126,8 @@ def prepare(job: Job, argv: list[str] | None) -> tuple[Common, object, pa.Table,
 
 def plans(job: Job, common: Common, cfg: object, pending: pa.Table, run: dict) -> list:
     place = resources.placement(resources.alive_nodes(), common.device, common.workers, common.threads)
-    context = Context(place, place.block(common.batch_size), listing.needs_detector(common.aligned, pending), run)
+    synthetic = common.synthetic or bool(run.get("weights_synthetic"))
+    context = Context(place, place.block(common.batch_size), listing.needs_detector(common.aligned, pending), synthetic, run)
     stages = job.stages(common, cfg, context)
     build = lambda part: pipeline.build(windows.source(part, context.block), stages, place, context.block)  # noqa: E731
     return windows.windows(build, pending, context.block, common.window)

@@ -21,13 +21,12 @@ from dataclasses import asdict, dataclass
 
 from codeformer_core.degrade import PRESETS, DegradeConfig, config_from_mapping, load_config
 from codeformer_core.detect import DetectConfig
-from codeformer_core.weights import resolve
 from jobs import cli
 from jobs.cli import UsageError, positive_int
 from jobs.driver import Common, Job, main
 from jobs.pipeline import Context, Stage, stage
-from jobs.resources import MODEL, PER_CORE
-from jobs.stages import front
+from jobs.resources import PER_CORE
+from jobs.shared_stages import check_weights, front_stages
 from jobs.stages.pairs import MakePairs, write_pairs
 
 RANGE_FLAGS = ("sigma", "scale", "noise", "jpeg")
@@ -76,8 +75,7 @@ def configure(args: argparse.Namespace, common: Common) -> PairsConfig:
 
 
 def preflight(common: Common, cfg: PairsConfig, detecting: bool) -> dict:
-    if detecting and not common.synthetic:
-        resolve(cfg.detector_weights or cfg.detect.model, weights_dir=common.weights_dir)
+    check_weights(common, None, (cfg.detector_weights or cfg.detect.model) if detecting else None, None)
     return {
         "preset": asdict(cfg.preset), "seed": cfg.seed, "pairs_per_image": cfg.pairs_per_image, "aligned": common.aligned,
         "max_pixels": common.max_pixels, "detect": None if common.aligned else asdict(cfg.detect), "synthetic_weights": common.synthetic, "format": cfg.format,
@@ -85,12 +83,7 @@ def preflight(common: Common, cfg: PairsConfig, detecting: bool) -> dict:
 
 
 def stages(common: Common, cfg: PairsConfig, ctx: Context) -> list[Stage]:
-    found = [stage(front.read_images), stage(front.decode_images, max_pixels=common.max_pixels, aligned=common.aligned)]
-    if ctx.detecting:
-        found.append(stage(front.DetectFaces, MODEL, 1, cfg.detect.batch_size, config=cfg.detect, weights=cfg.detector_weights,
-                           weights_dir=common.weights_dir, synthetic=common.synthetic, device=ctx.place.device))
-    if not common.aligned:
-        found.append(stage(front.align_faces))
+    found = front_stages(common, cfg.detect, cfg.detector_weights, ctx)
     found.append(stage(MakePairs, PER_CORE, 3, config=cfg.preset, seed=cfg.seed, pairs_per_face=cfg.pairs_per_image, batch_size=ctx.block, device=ctx.place.device))
     return found + [stage(write_pairs, output=common.output, run=ctx.record)]
 

@@ -80,4 +80,5 @@ class Context:
     place: Placement
     block: int
     detecting: bool  # some inputs are whole images without manifest landmarks
+    synthetic: bool  # every network has synthetic weights
     record: dict = field(default_factory=dict)  # the run record, as the ledger stores it

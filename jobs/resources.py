@@ -12,8 +12,8 @@ import math
 import os
 from dataclasses import dataclass
 
-from jobs.cli import CPU_BLOCK, UsageError
 from codeformer_core.restore import MAX_AUTO_BATCH
+from jobs.cli import CPU_BLOCK, UsageError
 
 TASK_CPUS = 0.25
 ACTOR_CPUS = 0.5

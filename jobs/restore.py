@@ -21,14 +21,13 @@ import sys
 from dataclasses import asdict, dataclass
 
 from codeformer_core.detect import DetectConfig
-from codeformer_core.restore import Speed
-from codeformer_core.weights import WeightsNotFoundError, codeformer_weights, resolve
 from jobs import cli
 from jobs.cli import UsageError
 from jobs.driver import Common, Job, main
 from jobs.pipeline import Context, Stage, fused, stage
 from jobs.resources import MODEL
-from jobs.stages import front, models
+from jobs.shared_stages import check_weights, front_stages, measure_stage, restore_stage
+from jobs.stages import models
 from jobs.stages.restore import write_restored
 
 LAYOUTS = ("separate", "fused")
@@ -53,12 +52,8 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class RestoreConfig:
-    weights: str
-    fidelity: float
-    speed: Speed
-    metrics: tuple[str, ...]
-    identity: bool
-    arcface_weights: str | None
+    restoration: cli.Restoration
+    measures: cli.Measures
     detect: DetectConfig
     detector_weights: str | None
     detect_layout: str
@@ -73,49 +68,33 @@ def configure(args: argparse.Namespace, common: Common) -> RestoreConfig:
     if args.parse and not args.paste:
         raise UsageError("--parse changes how faces are pasted back; it needs --paste")
     return RestoreConfig(
-        weights=common.spec(args.weights), fidelity=args.fidelity, speed=cli.speed(args), metrics=args.metrics,
-        identity=not args.no_identity, arcface_weights=args.arcface_weights, detect=cli.detect_config(args),
-        detector_weights=args.detector_weights, detect_layout=args.detect_layout, paste=args.paste, upscale=args.upscale, parse=args.parse,
+        cli.restoration(args, common.synthetic), cli.measures(args, restoring=True), cli.detect_config(args), args.detector_weights,
+        args.detect_layout, args.paste, args.upscale, args.parse,
     )
 
 
 def preflight(common: Common, cfg: RestoreConfig, detecting: bool) -> dict:
-    _, weights = codeformer_weights(cfg.weights, common.weights_dir)
-    if not weights.synthetic:
-        if detecting:
-            resolve(cfg.detector_weights or cfg.detect.model, weights_dir=common.weights_dir)
-        if cfg.parse:
-            resolve("parsenet", weights_dir=common.weights_dir)
-        if cfg.identity:
-            try:
-                resolve(cfg.arcface_weights or "arcface", weights_dir=common.weights_dir)
-            except WeightsNotFoundError as exc:
-                raise WeightsNotFoundError(f"{exc}\nIdentity similarity needs ArcFace; --no-identity restores without it.") from None
+    detector = (cfg.detector_weights or cfg.detect.model) if detecting else None
+    weights = check_weights(common, cfg.restoration, detector, cfg.measures, cfg.parse)
     return {
-        "weights_sha256": weights.sha256, "weights_synthetic": weights.synthetic, "fidelity": cfg.fidelity,
-        "precision": cfg.speed.precision, "arcface_weights": cfg.arcface_weights if cfg.identity else None,
+        "weights_sha256": weights.sha256, "weights_synthetic": weights.synthetic, "fidelity": cfg.restoration.fidelity,
+        "precision": cfg.restoration.speed.precision, "arcface_weights": cfg.measures.arcface_weights if cfg.measures.identity else None,
         "aligned": common.aligned, "max_pixels": common.max_pixels, "detect": None if common.aligned else asdict(cfg.detect),
-        "upscale": cfg.upscale if cfg.paste else None, "parse": cfg.parse, "metrics": list(cfg.metrics), "identity": cfg.identity,
+        "upscale": cfg.upscale if cfg.paste else None, "parse": cfg.parse, "metrics": list(cfg.measures.metrics), "identity": cfg.measures.identity,
     }
 
 
 def stages(common: Common, cfg: RestoreConfig, ctx: Context) -> list[Stage]:
-    synthetic = ctx.record["weights_synthetic"]
-    device = ctx.place.device
-    detect = stage(front.DetectFaces, MODEL, 1, cfg.detect.batch_size, config=cfg.detect, weights=cfg.detector_weights,
-                   weights_dir=common.weights_dir, synthetic=common.synthetic, device=device)
-    restore = stage(models.RestoreFaces, MODEL, 2, weights=cfg.weights, weights_dir=common.weights_dir,
-                    expected_sha256=ctx.record["weights_sha256"], device=device, speed=cfg.speed, fidelity=cfg.fidelity)
-    found = [stage(front.read_images), stage(front.decode_images, max_pixels=common.max_pixels, aligned=common.aligned)]
+    found = front_stages(common, cfg.detect, cfg.detector_weights, ctx)
+    restore = restore_stage(common, cfg.restoration, ctx, ctx.record["weights_sha256"])
     if ctx.detecting and cfg.detect_layout == "fused":
-        found.append(fused(detect, stage(front.align_faces), restore))
+        found = found[:2] + [fused(*found[2:], restore)]
     else:
-        found += ([detect] if ctx.detecting else []) + ([] if common.aligned else [stage(front.align_faces)]) + [restore]
-    if cfg.metrics or cfg.identity:
-        identity = {"weights": cfg.arcface_weights, "weights_dir": common.weights_dir, "synthetic_seed": 1 if synthetic else None} if cfg.identity else None
-        found.append(stage(models.MeasureFaces, MODEL, 1, metrics=cfg.metrics, identity=identity, lmd=None, device=device, batch_size=ctx.block))
+        found.append(restore)
+    if cfg.measures.metrics or cfg.measures.identity:
+        found.append(measure_stage(common, cfg.measures, ctx))
     if cfg.paste:
-        found.append(stage(models.PasteFaces, MODEL, upscale=cfg.upscale, parse=cfg.parse, weights_dir=common.weights_dir, synthetic=synthetic))
+        found.append(stage(models.PasteFaces, MODEL, upscale=cfg.upscale, parse=cfg.parse, weights_dir=common.weights_dir, synthetic=ctx.synthetic))
     return found + [stage(models.encode_faces, columns=("crops", "restored")), stage(write_restored, output=common.output, run=ctx.record)]
 
 

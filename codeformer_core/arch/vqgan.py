@@ -94,12 +94,7 @@ class Upsample(nn.Module):
 
 
 def encoder_blocks(
-    nf: int,
-    ch_mult: Sequence[int],
-    res_blocks: int,
-    img_size: int,
-    attn_resolutions: Sequence[int],
-    emb_dim: int,
+    nf: int, ch_mult: Sequence[int], res_blocks: int, img_size: int, attn_resolutions: Sequence[int], emb_dim: int
 ) -> nn.ModuleList:
     blocks: list[nn.Module] = [conv3(3, nf)]
     res = img_size
@@ -120,12 +115,7 @@ def encoder_blocks(
 
 
 def generator_blocks(
-    nf: int,
-    ch_mult: Sequence[int],
-    res_blocks: int,
-    img_size: int,
-    attn_resolutions: Sequence[int],
-    emb_dim: int,
+    nf: int, ch_mult: Sequence[int], res_blocks: int, img_size: int, attn_resolutions: Sequence[int], emb_dim: int
 ) -> nn.ModuleList:
     in_ch = nf * ch_mult[-1]
     res = img_size // 2 ** (len(ch_mult) - 1)

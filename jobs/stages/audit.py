@@ -12,7 +12,7 @@ import pyarrow as pa
 
 import schemas.audit_faces
 import schemas.audit_images
-from codeformer_core import align, metrics
+from codeformer_core import align, face_metrics
 from codeformer_core.statuses import OK
 from codeformer_core.thresholds import Rule, failed
 from jobs import ledger
@@ -45,8 +45,8 @@ def face_facts(landmarks: list | None, affine: list, det_score: float | None) ->
     if landmarks is None:
         return facts | {"interocular": None, "yaw": None, "roll": None}
     points = np.asarray(landmarks, dtype=np.float64).reshape(1, 5, 2)
-    yaw, roll = metrics.pose(points)
-    return facts | {"interocular": float(metrics.interocular(points)[0]), "yaw": float(yaw[0]), "roll": float(roll[0])}
+    yaw, roll = face_metrics.pose(points)
+    return facts | {"interocular": float(face_metrics.interocular(points)[0]), "yaw": float(yaw[0]), "roll": float(roll[0])}
 
 
 def face_rows(batch: Batch, rules: tuple[Rule, ...]) -> list[dict]:

@@ -12,9 +12,9 @@ import torch
 
 from codeformer_core import restore
 from codeformer_core.agreement import agreement
-from codeformer_core.winograd import WinogradConv3x3, winograd_available
 from codeformer_core.restore import Restorer, Speed
 from codeformer_core.weights import build_codeformer
+from codeformer_core.winograd import WinogradConv3x3, winograd_available
 from tests.conftest import GOLDEN_DIR
 
 # (speed, minimum index agreement, minimum PSNR dB)

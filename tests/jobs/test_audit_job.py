@@ -20,7 +20,7 @@ from codeformer_core import storage
 from codeformer_core.align import FFHQ_TEMPLATE_512, transform_points
 from codeformer_core.samples import synthetic_face
 from tests import browser
-from tests.helpers import decode_png, matches
+from tests.helpers import matches
 from tests.jobs.conftest import job_env, run_job, s3_client
 
 BUCKET = "audit"

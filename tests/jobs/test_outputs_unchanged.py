@@ -13,7 +13,6 @@ tested in test_restore_job. One flag was renamed: the pairs job's `--synthetic-d
 """
 
 import hashlib
-import io
 import json
 import math
 import os

@@ -13,8 +13,7 @@ import pytest
 import schemas
 import schemas.pair_images
 import schemas.pairs
-from codeformer_core import codec, degrade
-from codeformer_core import storage
+from codeformer_core import codec, degrade, storage
 from codeformer_core.degrade import PRESETS, DegradeParams
 from codeformer_core.samples import synthetic_face
 from tests.helpers import decode_png, matches

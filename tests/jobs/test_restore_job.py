@@ -20,8 +20,7 @@ from PIL import Image
 import schemas
 import schemas.faces
 import schemas.images
-from codeformer_core import codec
-from codeformer_core import storage
+from codeformer_core import codec, storage
 from codeformer_core.align import as_aligned_face
 from codeformer_core.restore import Restorer, Speed
 from codeformer_core.samples import synthetic_face

@@ -14,7 +14,6 @@ import schemas
 import schemas.faces
 import schemas.images
 import schemas.pasted
-from codeformer_core import codec
 from codeformer_core.align import FFHQ_TEMPLATE_512, transform_points
 from codeformer_core.samples import synthetic_face
 from tests.helpers import decode_png, matches

@@ -10,7 +10,7 @@ from facexlib.recognition.arcface_arch import Backbone
 from numpy.lib.stride_tricks import sliding_window_view
 
 import schemas.audit_faces
-from codeformer_core import metrics
+from codeformer_core import face_metrics, metrics
 from codeformer_core.align import FFHQ_TEMPLATE_512
 from codeformer_core.samples import synthetic_face
 
@@ -222,8 +222,8 @@ def test_niqe_of_a_flat_image_is_nan_and_of_a_small_one_an_error():
 def test_face_facts_of_the_template():
     template = FFHQ_TEMPLATE_512[None]
     (dx, dy) = FFHQ_TEMPLATE_512[1] - FFHQ_TEMPLATE_512[0]
-    np.testing.assert_allclose(metrics.interocular(template), [math.hypot(dx, dy)])
-    yaw, roll = metrics.pose(template)
+    np.testing.assert_allclose(face_metrics.interocular(template), [math.hypot(dx, dy)])
+    yaw, roll = face_metrics.pose(template)
     assert abs(yaw[0]) < 0.05
     np.testing.assert_allclose(roll, [math.degrees(math.atan2(dy, dx))])
     assert abs(roll[0]) < 0.2
@@ -232,34 +232,34 @@ def test_face_facts_of_the_template():
 def test_pose_known_answers():
     frontal = np.array([[-50.0, 0], [50, 0], [0, 40], [-40, 90], [40, 90]]) + [300, 200]
     turned = frontal.copy()
-    turned[2, 0] += metrics.NOSE_DEPTH * 100 * math.tan(math.radians(30))  # nose to the image right
+    turned[2, 0] += face_metrics.NOSE_DEPTH * 100 * math.tan(math.radians(30))  # nose to the image right
     angle = math.radians(10)
     rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
     rotated = (np.stack([frontal, turned]) - [256, 256]) @ rotation.T * 1.7 + [256, 256]
 
-    yaw, roll = metrics.pose(np.stack([frontal, turned]))
+    yaw, roll = face_metrics.pose(np.stack([frontal, turned]))
     np.testing.assert_allclose(yaw, [0, 30], atol=1e-9)
     np.testing.assert_allclose(roll, [0, 0], atol=1e-9)
-    yaw, roll = metrics.pose(rotated)
+    yaw, roll = face_metrics.pose(rotated)
     np.testing.assert_allclose(yaw, [0, 30], atol=1e-9)
     np.testing.assert_allclose(roll, [10, 10], atol=1e-9)
-    np.testing.assert_allclose(metrics.interocular(rotated), [170, 170])
+    np.testing.assert_allclose(face_metrics.interocular(rotated), [170, 170])
 
 
 def test_landmark_distance_of_a_shifted_copy_is_the_shift():
     a = np.stack([FFHQ_TEMPLATE_512, FFHQ_TEMPLATE_512 * 0.5])
-    np.testing.assert_allclose(metrics.landmark_distance(a, a + [3.0, -4.0]), [5, 5])
-    np.testing.assert_allclose(metrics.landmark_distance(a, a), [0, 0])
+    np.testing.assert_allclose(face_metrics.landmark_distance(a, a + [3.0, -4.0]), [5, 5])
+    np.testing.assert_allclose(face_metrics.landmark_distance(a, a), [0, 0])
 
 
 def test_arcface_crop_is_insightface_norm_crop_in_bgr():
-    affine = metrics.arcface_affine()
+    affine = face_metrics.arcface_affine()
     mapped = FFHQ_TEMPLATE_512 @ affine[:2, :2].T + affine[:, 2]
-    assert np.abs(mapped - metrics.ARCFACE_TEMPLATE_112).max() < 2.5
+    assert np.abs(mapped - face_metrics.ARCFACE_TEMPLATE_112).max() < 2.5
 
     face = synthetic_face(2)
     expected = cv2.warpAffine(face.astype(np.float32) / 255, affine, (112, 112), borderValue=0)[..., ::-1] * 2 - 1
-    crop = metrics.arcface_input(as_batch(face).float())
+    crop = face_metrics.arcface_input(as_batch(face).float())
     assert crop.shape == (1, 3, 112, 112) and crop.dtype == torch.float32
     np.testing.assert_allclose(crop[0].permute(1, 2, 0).numpy(), expected, atol=1e-4)
 
@@ -272,16 +272,16 @@ def arcface():
 
 def test_identity_similarity(arcface):
     faces = as_batch(*(synthetic_face(i) for i in range(3))).float()
-    batch = metrics.identity_embeddings(arcface, faces)
-    alone = metrics.identity_embeddings(arcface, faces[1:2])
+    batch = face_metrics.identity_embeddings(arcface, faces)
+    alone = face_metrics.identity_embeddings(arcface, faces[1:2])
 
     assert batch.shape == (3, 512)
     np.testing.assert_allclose(batch.norm(dim=1).numpy(), 1, atol=1e-6)
     np.testing.assert_allclose(alone[0].numpy(), batch[1].numpy(), atol=1e-5)
-    cosine, degrees = metrics.ids(batch, batch)
+    cosine, degrees = face_metrics.ids(batch, batch)
     np.testing.assert_allclose(cosine.numpy(), 1, atol=1e-5)
     np.testing.assert_allclose(degrees.numpy(), 0, atol=1e-3)
-    forward, backward = metrics.ids(batch, batch.roll(1, dims=0)), metrics.ids(batch.roll(1, dims=0), batch)
+    forward, backward = face_metrics.ids(batch, batch.roll(1, dims=0)), face_metrics.ids(batch.roll(1, dims=0), batch)
     np.testing.assert_allclose(forward[0].numpy(), backward[0].numpy(), atol=1e-12)
     np.testing.assert_allclose(forward[1].numpy(), np.degrees(np.arccos(forward[0].numpy())), atol=1e-9)
     assert forward[0].max() < 0.99

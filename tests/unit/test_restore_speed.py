@@ -7,7 +7,6 @@ from torch import nn
 
 from codeformer_core import restore
 from codeformer_core.arch import CodeFormer
-from codeformer_core.winograd import use_winograd, winograd_available
 from codeformer_core.restore import (
     Speed,
     auto_batch_size,
@@ -16,6 +15,7 @@ from codeformer_core.restore import (
     faces_to_tensor,
     resolve_precision,
 )
+from codeformer_core.winograd import use_winograd, winograd_available
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import save_synthetic_codeformer
 from codeformer_core import weights
 from codeformer_core.weights import (
     CheckpointMismatchError,
@@ -21,6 +20,7 @@ from codeformer_core.weights import (
     resolve,
     sha256_file,
 )
+from tests.helpers import save_synthetic_codeformer
 
 
 class CarriesCode:
