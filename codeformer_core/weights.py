@@ -282,6 +282,8 @@ def network_state(
         return state_dict, WeightsInfo(f"{SYNTHETIC_SPEC_PREFIX}{synthetic_seed}", state_dict_sha256(state_dict), synthetic=True)
     raw, info = read_checkpoint(resolve(spec, weights_dir=weights_dir))
     state_dict = filter_fn(raw)
+    # Checkpoints saved before PyTorch 0.4.1 have no batch-norm step counters; load_state_dict fills them in too.
+    state_dict |= {k: torch.tensor(0) for k in net.state_dict() if k.endswith("num_batches_tracked") and k not in state_dict}
     check_state_dict({k: tuple(v.shape) for k, v in net.state_dict().items()}, state_dict, f"{type(net).__name__} ({info.source})")
     return state_dict, info
 

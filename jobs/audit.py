@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 from dataclasses import asdict, dataclass
 
 import schemas.audit_faces
 from codeformer_core import storage
-from codeformer_core.detect import DetectConfig
 from codeformer_core.metrics import NO_REFERENCE
 from codeformer_core.report import render
 from codeformer_core.thresholds import Rule, load_rules
@@ -54,8 +52,7 @@ class AuditConfig:
     measures: cli.Measures
     thresholds: tuple[Rule, ...]
     gallery_size: int
-    detect: DetectConfig
-    detector_weights: str | None
+    detection: cli.Detection
 
 
 def configure(args: argparse.Namespace, common: Common) -> AuditConfig:
@@ -69,36 +66,37 @@ def configure(args: argparse.Namespace, common: Common) -> AuditConfig:
     skipped = {r.column for r in rules if r.column.removeprefix("restored_") in set(NO_REFERENCE) - set(args.metrics)}
     if skipped:
         raise UsageError(f"thresholds on {', '.join(sorted(skipped))} need those metrics in --metrics")
+    unmeasured = {r.column for r in rules if r.column.startswith("ids_")}
+    if unmeasured and args.no_identity:
+        raise UsageError(f"thresholds on {', '.join(sorted(unmeasured))} need identity similarity; leave out --no-identity")
     restoration = cli.restoration(args, common.synthetic) if args.restore else None
-    return AuditConfig(restoration, cli.measures(args, args.restore), rules, args.gallery_size, cli.detect_config(args), args.detector_weights)
+    return AuditConfig(restoration, cli.measures(args, args.restore), rules, args.gallery_size, cli.detection(args))
 
 
 def preflight(common: Common, cfg: AuditConfig, detecting: bool) -> dict:
-    detector = (cfg.detector_weights or cfg.detect.model) if detecting or cfg.restoration else None
-    weights = check_weights(common, cfg.restoration, detector, cfg.measures)
+    weights = check_weights(common, cfg.restoration, cfg.detection if detecting or cfg.restoration else None, cfg.measures)
     r = cfg.restoration
     restore = {"fidelity": r.fidelity, "precision": r.speed.precision, "weights_sha256": weights.sha256, "identity": cfg.measures.identity} if r else None
     return {
-        "aligned": common.aligned, "max_pixels": common.max_pixels, "detect": None if common.aligned else asdict(cfg.detect),
+        "aligned": common.aligned, "max_pixels": common.max_pixels, "detect": None if common.aligned else asdict(cfg.detection.config),
         "synthetic_weights": common.synthetic, "restore": restore, "thresholds": [asdict(r) for r in cfg.thresholds], "metrics": list(cfg.measures.metrics),
     }
 
 
 def stages(common: Common, cfg: AuditConfig, ctx: Context) -> list[Stage]:
-    found = front_stages(common, cfg.detect, cfg.detector_weights, ctx)
+    found = front_stages(common, cfg.detection, ctx)
     restoring = cfg.restoration is not None
     if restoring:
         found.append(restore_stage(common, cfg.restoration, ctx, ctx.record["restore"]["weights_sha256"]))
-    lmd = {"config": cfg.detect, "weights": cfg.detector_weights} if restoring else None
-    found += [measure_stage(common, cfg.measures, ctx, lmd), stage(thumbnails)]
+    found += [measure_stage(common, cfg.measures, ctx, cfg.detection if restoring else None), stage(thumbnails)]
     if restoring:
         found.append(stage(models.encode_faces, columns=("restored",)))
     return found + [stage(write_audit, output=common.output, run=ctx.record, rules=cfg.thresholds)]
 
 
-def finish(common: Common, cfg: AuditConfig, statuses: Counter) -> list[str]:
+def finish(common: Common, cfg: AuditConfig) -> list[str]:
     print("summarising the written tables for the report", file=sys.stderr)
-    summary, kept = summarize(common.output, cfg.restoration is not None, cfg.measures.metrics, cfg.gallery_size)
+    summary, kept = summarize(common.output, cfg.restoration is not None, cfg.measures, cfg.gallery_size)
     release_freed_memory()
     title = f"Audit of {common.input}" + (" (SYNTHETIC WEIGHTS: the figures are not real measurements)" if common.synthetic else "")
     for rel, data in render(summary, {r.name: r.limit for r in cfg.thresholds}, title).items():

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 from codeformer_core import storage
 from codeformer_core.metrics import NO_REFERENCE
 from codeformer_core.summary import AuditSummary, MetricSpec
+from jobs.cli import Measures
 from jobs.ledger import committed_tables
 
 KEPT_MANIFEST = "kept.parquet"
@@ -34,15 +35,15 @@ RESTORED_METRICS = (
 KEPT_SCHEMA = pa.schema([pa.field("source_uri", pa.string()), pa.field("landmarks", pa.list_(pa.list_(pa.float64())))])
 
 
-def metric_specs(restore: bool, metrics: tuple[str, ...]) -> tuple[MetricSpec, ...]:
-    skipped = set(NO_REFERENCE) - set(metrics)
+def metric_specs(restore: bool, measures: Measures) -> tuple[MetricSpec, ...]:
+    skipped = set(NO_REFERENCE) - set(measures.metrics) | (set() if measures.identity else {"ids_cosine"})
     specs = METRICS + (RESTORED_METRICS if restore else ())
     return tuple(m for m in specs if m.name.removeprefix("restored_") not in skipped)
 
 
-def summarize(output: str, restore: bool, metrics: tuple[str, ...], gallery_size: int) -> tuple[AuditSummary, int]:
+def summarize(output: str, restore: bool, measures: Measures, gallery_size: int) -> tuple[AuditSummary, int]:
     """Stream the committed tables once: the report's summary, and kept.parquet written; how many faces were kept."""
-    specs = metric_specs(restore, metrics)
+    specs = metric_specs(restore, measures)
     summary = AuditSummary(specs, gallery_size=gallery_size)
     for images in committed_tables(output, "images", ["status"]):
         for status in images.column("status").to_pylist():

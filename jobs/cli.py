@@ -101,8 +101,18 @@ def add_detect_flags(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     return d
 
 
-def detect_config(args: argparse.Namespace) -> DetectConfig:
-    return DetectConfig(
+@dataclass(frozen=True)
+class Detection:
+    config: DetectConfig
+    weights: str | None  # --detector-weights; None: the official file of config.model
+
+    @property
+    def spec(self) -> str:
+        return self.weights or self.config.model
+
+
+def detection(args: argparse.Namespace) -> Detection:
+    config = DetectConfig(
         model=args.detector,
         conf_threshold=args.det_threshold,
         nms_threshold=args.nms_threshold,
@@ -112,6 +122,7 @@ def detect_config(args: argparse.Namespace) -> DetectConfig:
         input_size=args.det_input_size,
         batch_size=args.detect_batch_size,
     )
+    return Detection(config, args.detector_weights)
 
 
 def add_restore_flags(p: argparse.ArgumentParser, what: str) -> None:

@@ -34,16 +34,16 @@ def write_crops(batch, output: str, run: dict):
     return ledger.commit(batch, output, {"images": images, "crops": pa.Table.from_pylist(rows, schema=schemas.crops.SCHEMA)}, len(rows))
 
 
-def preflight(common, detect, detecting: bool) -> dict:
-    check_weights(common, None, detect.model if detecting else None, None)
-    return {"aligned": common.aligned, "max_pixels": common.max_pixels, "detect": asdict(detect), "synthetic_weights": common.synthetic}
+def preflight(common, detection, detecting: bool) -> dict:
+    check_weights(common, None, detection if detecting else None, None)
+    return {"aligned": common.aligned, "max_pixels": common.max_pixels, "detect": asdict(detection.config), "synthetic_weights": common.synthetic}
 
 
-def stages(common, detect, ctx):
-    return front_stages(common, detect, None, ctx) + [stage(models.encode_faces, columns=("crops",)), stage(write_crops, output=common.output, run=ctx.record)]
+def stages(common, detection, ctx):
+    return front_stages(common, detection, ctx) + [stage(models.encode_faces, columns=("crops",)), stage(write_crops, output=common.output, run=ctx.record)]
 
 
-JOB = Job("crop", __doc__, ("images", "crops"), "faces", "cropped", cli.add_detect_flags, lambda args, common: cli.detect_config(args), preflight, stages)
+JOB = Job("crop", __doc__, ("images", "crops"), "faces", "cropped", cli.add_detect_flags, lambda args, _: cli.detection(args), preflight, stages)
 
 if __name__ == "__main__":
     sys.exit(main(JOB))

@@ -75,7 +75,7 @@ class Job:
     configure: Callable[[argparse.Namespace, Common], object]
     preflight: Callable[[Common, object, bool], dict]
     stages: Callable[[Common, object, Context], list[Stage]]
-    finish: Callable[[Common, object, Counter], list[str]] | None = None
+    finish: Callable[[Common, object], list[str]] | None = None
 
 
 def build_parser(job: Job) -> argparse.ArgumentParser:
@@ -126,8 +126,7 @@ def prepare(job: Job, argv: list[str] | None) -> tuple[Common, object, pa.Table,
 
 def plans(job: Job, common: Common, cfg: object, pending: pa.Table, run: dict) -> list:
     place = resources.placement(resources.alive_nodes(), common.device, common.workers, common.threads)
-    synthetic = common.synthetic or bool(run.get("weights_synthetic"))
-    context = Context(place, place.block(common.batch_size), listing.needs_detector(common.aligned, pending), synthetic, run)
+    context = Context(place, place.block(common.batch_size), listing.needs_detector(common.aligned, pending), common.synthetic, run)
     stages = job.stages(common, cfg, context)
     build = lambda part: pipeline.build(windows.source(part, context.block), stages, place, context.block)  # noqa: E731
     return windows.windows(build, pending, context.block, common.window)
@@ -168,7 +167,7 @@ def main(job: Job, argv: list[str] | None = None) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
             new = windows.drive(windowed, pending.num_rows, statuses, job.name, job.unit)
-        extra = job.finish(common, cfg, statuses) if job.finish else []
+        extra = job.finish(common, cfg) if job.finish else []
         lines = summary(job, common, inputs.num_rows, statuses, resume.items + new, new, time.monotonic() - start) + extra
         print("\n".join(lines + ([SYNTHETIC_NOTE] if synthetic else [])))
         return 0

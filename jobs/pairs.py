@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 from dataclasses import asdict, dataclass
 
 from codeformer_core.degrade import PRESETS, DegradeConfig, config_from_mapping, load_config
-from codeformer_core.detect import DetectConfig
 from jobs import cli
 from jobs.cli import UsageError, positive_int
 from jobs.driver import Common, Job, main
@@ -51,8 +49,7 @@ class PairsConfig:
     seed: int
     pairs_per_image: int
     format: str
-    detect: DetectConfig
-    detector_weights: str | None
+    detection: cli.Detection
 
 
 def degrade_config(args: argparse.Namespace) -> DegradeConfig:
@@ -71,24 +68,24 @@ def degrade_config(args: argparse.Namespace) -> DegradeConfig:
 
 
 def configure(args: argparse.Namespace, common: Common) -> PairsConfig:
-    return PairsConfig(degrade_config(args), args.seed, args.pairs_per_image, args.format, cli.detect_config(args), args.detector_weights)
+    return PairsConfig(degrade_config(args), args.seed, args.pairs_per_image, args.format, cli.detection(args))
 
 
 def preflight(common: Common, cfg: PairsConfig, detecting: bool) -> dict:
-    check_weights(common, None, (cfg.detector_weights or cfg.detect.model) if detecting else None, None)
+    check_weights(common, None, cfg.detection if detecting else None, None)
     return {
         "preset": asdict(cfg.preset), "seed": cfg.seed, "pairs_per_image": cfg.pairs_per_image, "aligned": common.aligned,
-        "max_pixels": common.max_pixels, "detect": None if common.aligned else asdict(cfg.detect), "synthetic_weights": common.synthetic, "format": cfg.format,
+        "max_pixels": common.max_pixels, "detect": None if common.aligned else asdict(cfg.detection.config), "synthetic_weights": common.synthetic, "format": cfg.format,
     }
 
 
 def stages(common: Common, cfg: PairsConfig, ctx: Context) -> list[Stage]:
-    found = front_stages(common, cfg.detect, cfg.detector_weights, ctx)
+    found = front_stages(common, cfg.detection, ctx)
     found.append(stage(MakePairs, PER_CORE, 3, config=cfg.preset, seed=cfg.seed, pairs_per_face=cfg.pairs_per_image, batch_size=ctx.block, device=ctx.place.device))
     return found + [stage(write_pairs, output=common.output, run=ctx.record)]
 
 
-def finish(common: Common, cfg: PairsConfig, statuses: Counter) -> list[str]:
+def finish(common: Common, cfg: PairsConfig) -> list[str]:
     return [f"preset {cfg.preset.name}, seed {cfg.seed}"]
 
 

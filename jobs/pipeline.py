@@ -26,8 +26,9 @@ class Stage:
     rows: int | None = None  # rows per call; default the job's block
 
 
-def stage(fn: Callable, kind: str = TASK, gpu: float = 0.0, rows: int | None = None, **args: object) -> Stage:
-    return Stage(((fn, args),), kind, gpu, rows)
+def stage(fn: Callable, kind: str | None = None, gpu: float = 0.0, rows: int | None = None, **args: object) -> Stage:
+    """`fn` with its keyword arguments; `kind` by default: a class is an actor stage (MODEL), a function a task."""
+    return Stage(((fn, args),), kind or (MODEL if isinstance(fn, type) else TASK), gpu, rows)
 
 
 def fused(*stages: Stage) -> Stage:
@@ -55,6 +56,7 @@ def build(source, stages: list[Stage], place: Placement, block: int):
     import ray
 
     shares = resources.gpu_shares([s.gpu if s.kind != TASK else 0.0 for s in stages]) if place.gpus else [0.0] * len(stages)
+    actor_cpus = place.actor_cpus([s.kind for s in stages if s.kind != TASK])
     ds = source
     for s, share in zip(stages, shares):
         common = {"batch_format": "numpy", "batch_size": s.rows or block}
@@ -66,7 +68,7 @@ def build(source, stages: list[Stage], place: Placement, block: int):
                 Actor,
                 fn_constructor_kwargs={"parts": s.parts, "kind": s.kind, "device": place.device, "per_node": place.workers_per_node(s.kind), "threads": place.threads},
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=place.pool(s.kind)),
-                num_cpus=resources.ACTOR_CPUS,
+                num_cpus=actor_cpus,
                 num_gpus=share,
                 **common,
             )
@@ -80,5 +82,5 @@ class Context:
     place: Placement
     block: int
     detecting: bool  # some inputs are whole images without manifest landmarks
-    synthetic: bool  # every network has synthetic weights
+    synthetic: bool  # --synthetic-weights: every network has synthetic weights
     record: dict = field(default_factory=dict)  # the run record, as the ledger stores it

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from codeformer_core.restore import MAX_AUTO_BATCH
 from jobs.cli import CPU_BLOCK, UsageError
 
-TASK_CPUS = 0.25
-ACTOR_CPUS = 0.5
+TASK_CPUS = 0.2
+ACTOR_CPUS = 0.5  # at most; less where a node must also hold every other model stage's actors
+ACTOR_SHARE = 0.75  # of a node's CPUs, for the actors of all model stages together; the rest runs the tasks
 TASK, MODEL, PER_CORE = "task", "model", "per_core"  # stage kinds: a function; an actor holding a network; a single-threaded actor
 
 
@@ -34,6 +35,7 @@ class Placement:
     gpus: int
     cpu_nodes: int
     cpus: int
+    node_cpus: float  # of the smallest node with CPUs
     workers: int | None  # --workers
     threads: int | None  # --threads-per-worker
 
@@ -44,6 +46,13 @@ class Placement:
 
     def workers_per_node(self, kind: str) -> int:
         return math.ceil(self.pool(kind) / self.cpu_nodes)
+
+    def actor_cpus(self, kinds: list[str]) -> float:
+        """Logical CPUs of each actor when the job's actor stages are `kinds`: one actor of every stage
+        per node must leave room for the task stages, or the pipeline waits for CPUs forever."""
+        per_node = sum(self.workers_per_node(k) for k in kinds)
+        cpus = min(ACTOR_CPUS, math.floor(ACTOR_SHARE * self.node_cpus / max(per_node, 1) * 100) / 100)
+        return cpus - 0.01 if cpus == TASK_CPUS else cpus
 
     def block(self, batch_size: int | None) -> int:
         """Rows per batch of the CPU stages: --batch-size, or by default a GPU's or a CPU's usual batch."""
@@ -62,7 +71,8 @@ def placement(nodes: list[Node], device: str, workers: int | None, threads: int 
         raise UsageError("--device cuda was asked for, but the Ray cluster has no GPUs")
     cpu_nodes = max(1, sum(1 for n in nodes if n.cpus > 0))
     cpus = max(1, int(sum(n.cpus for n in nodes)))
-    return Placement("cuda" if gpus else "cpu", gpus, cpu_nodes, cpus, workers, threads)
+    smallest = min((n.cpus for n in nodes if n.cpus > 0), default=1.0)
+    return Placement("cuda" if gpus else "cpu", gpus, cpu_nodes, cpus, smallest, workers, threads)
 
 
 def gpu_shares(weights: list[float]) -> list[float]:

@@ -20,7 +20,6 @@ import argparse
 import sys
 from dataclasses import asdict, dataclass
 
-from codeformer_core.detect import DetectConfig
 from jobs import cli
 from jobs.cli import UsageError
 from jobs.driver import Common, Job, main
@@ -54,8 +53,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 class RestoreConfig:
     restoration: cli.Restoration
     measures: cli.Measures
-    detect: DetectConfig
-    detector_weights: str | None
+    detection: cli.Detection
     detect_layout: str
     paste: bool
     upscale: int
@@ -68,24 +66,22 @@ def configure(args: argparse.Namespace, common: Common) -> RestoreConfig:
     if args.parse and not args.paste:
         raise UsageError("--parse changes how faces are pasted back; it needs --paste")
     return RestoreConfig(
-        cli.restoration(args, common.synthetic), cli.measures(args, restoring=True), cli.detect_config(args), args.detector_weights,
-        args.detect_layout, args.paste, args.upscale, args.parse,
+        cli.restoration(args, common.synthetic), cli.measures(args, restoring=True), cli.detection(args), args.detect_layout, args.paste, args.upscale, args.parse,
     )
 
 
 def preflight(common: Common, cfg: RestoreConfig, detecting: bool) -> dict:
-    detector = (cfg.detector_weights or cfg.detect.model) if detecting else None
-    weights = check_weights(common, cfg.restoration, detector, cfg.measures, cfg.parse)
+    weights = check_weights(common, cfg.restoration, cfg.detection if detecting else None, cfg.measures, cfg.parse)
     return {
         "weights_sha256": weights.sha256, "weights_synthetic": weights.synthetic, "fidelity": cfg.restoration.fidelity,
         "precision": cfg.restoration.speed.precision, "arcface_weights": cfg.measures.arcface_weights if cfg.measures.identity else None,
-        "aligned": common.aligned, "max_pixels": common.max_pixels, "detect": None if common.aligned else asdict(cfg.detect),
+        "aligned": common.aligned, "max_pixels": common.max_pixels, "detect": None if common.aligned else asdict(cfg.detection.config),
         "upscale": cfg.upscale if cfg.paste else None, "parse": cfg.parse, "metrics": list(cfg.measures.metrics), "identity": cfg.measures.identity,
     }
 
 
 def stages(common: Common, cfg: RestoreConfig, ctx: Context) -> list[Stage]:
-    found = front_stages(common, cfg.detect, cfg.detector_weights, ctx)
+    found = front_stages(common, cfg.detection, ctx)
     restore = restore_stage(common, cfg.restoration, ctx, ctx.record["weights_sha256"])
     if ctx.detecting and cfg.detect_layout == "fused":
         found = found[:2] + [fused(*found[2:], restore)]

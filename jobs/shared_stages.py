@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from codeformer_core.detect import DetectConfig
 from codeformer_core.weights import WeightsInfo, WeightsNotFoundError, codeformer_weights, resolve
-from jobs.cli import Measures, Restoration
+from jobs.cli import Detection, Measures, Restoration
 from jobs.pipeline import Context, Stage, stage
 from jobs.resources import MODEL
 from jobs.stages import front, models
 
 
-def front_stages(common, detect: DetectConfig, detector_weights: str | None, ctx: Context) -> list[Stage]:
+def front_stages(common, detection: Detection, ctx: Context) -> list[Stage]:
     """Read, decode and, for whole images, detect (where no manifest landmarks are given) and align."""
     found = [stage(front.read_images), stage(front.decode_images, max_pixels=common.max_pixels, aligned=common.aligned)]
     if ctx.detecting:
-        found.append(stage(front.DetectFaces, MODEL, 1, detect.batch_size, config=detect, weights=detector_weights,
+        found.append(stage(front.DetectFaces, MODEL, 1, detection.config.batch_size, config=detection.config, weights=detection.weights,
                            weights_dir=common.weights_dir, synthetic=ctx.synthetic, device=ctx.place.device))
     if not common.aligned:
         found.append(stage(front.align_faces))
@@ -26,21 +25,23 @@ def restore_stage(common, r: Restoration, ctx: Context, expected_sha256: str) ->
                  device=ctx.place.device, speed=r.speed, fidelity=r.fidelity)
 
 
-def measure_stage(common, m: Measures, ctx: Context, lmd: dict | None = None) -> Stage:
-    """`lmd`: the detector's arguments, to measure the landmark distance between each face and its restoration."""
+def measure_stage(common, m: Measures, ctx: Context, lmd: Detection | None = None) -> Stage:
+    """`lmd`: the detector with which to measure the landmark distance between each face and its restoration."""
     seed = 1 if ctx.synthetic else None
     identity = {"weights": m.arcface_weights, "weights_dir": common.weights_dir, "synthetic_seed": seed} if m.identity else None
-    lmd = {**lmd, "weights_dir": common.weights_dir, "synthetic_seed": seed} if lmd else None
+    lmd = {"config": lmd.config, "weights": lmd.weights, "weights_dir": common.weights_dir, "synthetic_seed": seed} if lmd else None
     return stage(models.MeasureFaces, MODEL, 1, metrics=m.metrics, identity=identity, lmd=lmd, device=ctx.place.device, batch_size=ctx.block)
 
 
-def check_weights(common, restoration: Restoration | None, detector: str | None, measures: Measures | None, parse: bool = False) -> WeightsInfo | None:
-    """Find every checkpoint the run will load (`detector`: the detector's spec, when one runs), so
-    that a missing one stops the job before any work; the CodeFormer weights' provenance."""
+def check_weights(
+    common, restoration: Restoration | None, detector: Detection | None, measures: Measures | None, parse: bool = False
+) -> WeightsInfo | None:
+    """Find every checkpoint the run will load (`detector` when one runs), so that a missing one
+    stops the job before any work; the CodeFormer weights' provenance."""
     weights = codeformer_weights(restoration.weights, common.weights_dir)[1] if restoration else None
-    if common.synthetic or (weights and weights.synthetic):
+    if common.synthetic:
         return weights
-    for spec in [detector] + (["parsenet"] if parse else []):
+    for spec in ([detector.spec] if detector else []) + (["parsenet"] if parse else []):
         if spec:
             resolve(spec, weights_dir=common.weights_dir)
     if measures and measures.identity:

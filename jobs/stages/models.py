@@ -13,7 +13,7 @@ from codeformer_core.arcface import load_arcface
 from codeformer_core.detect import Detector
 from codeformer_core.measure import landmark_distances, measure_faces
 from codeformer_core.parsing import FaceParser
-from codeformer_core.restore import Restorer, Speed
+from codeformer_core.restore import Restorer, Speed, ieee_fp32
 from codeformer_core.statuses import MEASURE_ERROR, OK, RESTORE_ERROR
 from jobs.stages.batches import Batch, face_of, image_of, short_error, statuses, table
 
@@ -62,10 +62,11 @@ class MeasureFaces:
         measures: list[list[str]] = [[] for _ in status]
         crops, outs = [list(c) for c in batch["crops"]], [list(r) for r in batch["restored"]] if has_restored else None
         try:
-            measured = measure_faces(faces, restored, self.arcface, self.device, self.batch_size, self.metrics)
-            if self.detector and restored is not None:
-                for values, lmd in zip(measured, landmark_distances(self.detector, faces, restored)):
-                    values["lmd"] = lmd
+            with ieee_fp32(self.device):  # ArcFace and the detector in float32 as their official code runs them
+                measured = measure_faces(faces, restored, self.arcface, self.device, self.batch_size, self.metrics)
+                if self.detector and restored is not None:
+                    for values, lmd in zip(measured, landmark_distances(self.detector, faces, restored)):
+                        values["lmd"] = lmd
             for (i, _), values in zip(todo, measured):
                 measures[i].append(json.dumps(values))
         except Exception as exc:  # e.g. out of device memory: these images fail, the job goes on

@@ -32,3 +32,13 @@ def test_threads_come_from_the_node_and_single_threaded_stages_get_one():
     assert torch_threads(MODEL, "cpu", 1, 3) == 3
     assert torch_threads(MODEL, "cuda", 1, None) is None
     assert torch_threads(MODEL, "cpu", 1, None) >= 1
+
+
+def test_actors_leave_cpus_for_the_tasks_and_never_ask_what_tasks_ask():
+    from jobs.resources import TASK_CPUS
+
+    two = placement([Node(2, 0)], "auto", None, None)
+    for stages in ([MODEL] * 4, [MODEL] * 3, [MODEL, PER_CORE]):
+        each = two.actor_cpus(stages)
+        assert each != TASK_CPUS and sum(each * two.workers_per_node(k) for k in stages) <= 0.75 * 2
+    assert two.actor_cpus([MODEL, MODEL]) == 0.5
