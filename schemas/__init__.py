@@ -13,8 +13,16 @@ from codeformer_core.statuses import MEANINGS
 IMAGE_STRUCT = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
 
 
-# Every images/ table's status column: "ok" or a short reason, one of codeformer_core.statuses.
-STATUS = pa.field("status", pa.string(), nullable=False, metadata={"values": ",".join(MEANINGS)})
+# The first columns of every images/ table (jobs.ledger.images_table fills them): one row per
+# input, its status ("ok" or a short reason, one of codeformer_core.statuses) and error.
+IMAGE_ROW = [
+    pa.field("source_uri", pa.string(), nullable=False),
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False, metadata={"values": ",".join(MEANINGS)}),
+    pa.field("error", pa.string()),  # null when ok
+    pa.field("width", pa.int32()),  # after EXIF orientation; null when unknown
+    pa.field("height", pa.int32()),
+]
 
 
 def versioned(name: str, version: int, fields: list[pa.Field]) -> pa.Schema:

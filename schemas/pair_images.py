@@ -2,7 +2,7 @@
 
 import pyarrow as pa
 
-from schemas import STATUS, versioned
+from schemas import IMAGE_ROW, versioned
 
 VERSION = 1
 
@@ -10,12 +10,7 @@ SCHEMA = versioned(
     "pair_images",
     VERSION,
     [
-        pa.field("source_uri", pa.string(), nullable=False),
-        pa.field("image_id", pa.string(), nullable=False),
-        STATUS,
-        pa.field("error", pa.string()),  # null when ok
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
+        *IMAGE_ROW,
         pa.field("num_faces", pa.int32(), nullable=False),
         pa.field("num_pairs", pa.int32(), nullable=False),
         pa.field("preset", pa.string(), nullable=False),
