@@ -11,10 +11,7 @@ from codeformer_core.weights import load_network
 
 
 def load_arcface(
-    device: torch.device,
-    weights: str | None = None,
-    weights_dir: str | os.PathLike[str] | None = None,
-    synthetic_seed: int | None = None,
+    device: torch.device, weights: str | None = None, weights_dir: str | os.PathLike[str] | None = None, synthetic_seed: int | None = None
 ) -> Backbone:
     """The official checkpoint resolved by name (or `weights`: a path or s3:// URI), or synthetic weights."""
     with torch.device("meta"):

@@ -19,7 +19,6 @@ import sys
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,26 +261,22 @@ def _listing(label: str, items: list[str]) -> str:
 
 
 def official_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The default `filter_fn` (timm's checkpoint_filter_fn): names without DataParallel's `module.`
+    """Every checkpoint's filter (timm's checkpoint_filter_fn): names without DataParallel's `module.`
     prefix, floating tensors in float32."""
     return {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
 
 
 def network_state(
-    net: nn.Module,
-    spec: str,
-    weights_dir: str | os.PathLike[str] | None = None,
-    synthetic_seed: int | None = None,
-    filter_fn: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] = official_layout,
+    net: nn.Module, spec: str, weights_dir: str | os.PathLike[str] | None = None, synthetic_seed: int | None = None
 ) -> tuple[dict[str, torch.Tensor], WeightsInfo]:
     """The state dict for `net` (built on any device, `meta` included) and its provenance: synthetic
-    weights of `synthetic_seed`, or the checkpoint `spec` (what `resolve` takes) mapped by `filter_fn`
-    and checked against `net`'s names and shapes."""
+    weights of `synthetic_seed`, or the checkpoint `spec` (what `resolve` takes) in the official
+    layout, checked against `net`'s names and shapes."""
     if synthetic_seed is not None:
         state_dict = synthetic_state_dict(net, synthetic_seed)
         return state_dict, WeightsInfo(f"{SYNTHETIC_SPEC_PREFIX}{synthetic_seed}", state_dict_sha256(state_dict), synthetic=True)
     raw, info = read_checkpoint(resolve(spec, weights_dir=weights_dir))
-    state_dict = filter_fn(raw)
+    state_dict = official_layout(raw)
     # Checkpoints saved before PyTorch 0.4.1 have no batch-norm step counters; load_state_dict fills them in too.
     state_dict |= {k: torch.tensor(0) for k in net.state_dict() if k.endswith("num_batches_tracked") and k not in state_dict}
     check_state_dict({k: tuple(v.shape) for k, v in net.state_dict().items()}, state_dict, f"{type(net).__name__} ({info.source})")
@@ -295,16 +290,11 @@ def load_strictly(net: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Mod
     return net.eval()
 
 
-def load_network(
-    net: nn.Module,
-    spec: str,
-    weights_dir: str | os.PathLike[str] | None = None,
-    synthetic_seed: int | None = None,
-    filter_fn: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] = official_layout,
-) -> WeightsInfo:
-    """Load the weights `network_state` finds into `net`, strictly; the one loader of every network here."""
-    state_dict, info = network_state(net, spec, weights_dir, synthetic_seed, filter_fn)
-    load_strictly(net, state_dict)
+def load_network(net: nn.Module, spec: str, weights_dir: str | os.PathLike[str] | None = None, synthetic_seed: int | None = None) -> WeightsInfo:
+    """Load the weights `network_state` finds (and has checked) into `net`; the one loader of every network here."""
+    state_dict, info = network_state(net, spec, weights_dir, synthetic_seed)
+    net.load_state_dict(state_dict, strict=True, assign=True)
+    net.eval()
     return info
 
 

@@ -10,8 +10,8 @@ from Ray's (beta) checkpointing.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -42,8 +42,10 @@ class Resume:
     orphans_removed: int
 
 
-def new_part_name() -> str:
-    return f"part-{uuid.uuid4().hex}"
+def part_name(image_ids: list[str]) -> str:
+    """A part's name follows from the inputs it holds, so that Ray re-running the same write
+    overwrites the same files instead of adding a second copy under a new name."""
+    return f"part-{hashlib.sha256(chr(10).join(image_ids).encode()).hexdigest()[:32]}"
 
 
 def images_table(batch: Batch, schema: pa.Schema, **columns: list) -> pa.Table:
@@ -59,11 +61,11 @@ def images_table(batch: Batch, schema: pa.Schema, **columns: list) -> pa.Table:
     return schemas.conform(pa.table({**common, **columns}), schema)
 
 
-def commit(batch: Batch, output: str, tables: dict[str, pa.Table], items: int, part: str | None = None, files: dict[str, bytes] | None = None) -> Batch:
+def commit(batch: Batch, output: str, tables: dict[str, pa.Table], items: int, files: dict[str, bytes] | None = None) -> Batch:
     """Write `tables` (and `files`) for the inputs of `batch` as one committed part; the counts the driver adds up."""
     image_ids = [str(i) for i in batch["image_id"]]
     counts = Counter(str(s) for s in batch["status"])
-    write_part(output, part or new_part_name(), tables, image_ids, dict(counts), items, files)
+    write_part(output, part_name(image_ids), tables, image_ids, dict(counts), items, files)
     return {"inputs": np.array([len(image_ids)]), "items": np.array([items]), "statuses": np.array([json.dumps(counts)])}
 
 

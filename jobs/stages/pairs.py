@@ -114,6 +114,6 @@ def write_pairs(batch: Batch, output: str, run: dict) -> Batch:
         code_version=[run["code_version"]] * n,
     )
     tables = {"images": images, "pairs": pa.Table.from_pylist(rows, schema=schemas.pairs.SCHEMA)}
-    part = ledger.new_part_name()
+    part = ledger.part_name([str(i) for i in batch["image_id"]])
     files = {f"shards/{part}.tar": shard(rows)} if run["format"] == "webdataset" and rows else None
-    return ledger.commit(batch, output, tables, len(rows), part, files)
+    return ledger.commit(batch, output, tables, len(rows), files)

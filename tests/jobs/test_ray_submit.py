@@ -1,8 +1,12 @@
 """`ray start --head` and `ray job submit`, as the cluster README tells users to run the job."""
 
+import os
 import secrets
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,17 +20,46 @@ from tests.jobs.conftest import ROOT, free_port, job_env
 RAY = str(Path(sys.executable).parent / "ray")
 
 
+def processes_under(temp_dir: str) -> list[int]:
+    """Ids of the processes whose command line names `temp_dir`: the Ray cluster started there."""
+    found = []
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()):
+        try:
+            if temp_dir.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def stop_cluster(temp_dir: str) -> None:
+    """End only this test's cluster (`ray stop` would end every Ray process on the machine)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in processes_under(temp_dir):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 20
+        while processes_under(temp_dir) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
 @pytest.fixture()
 def ray_head(tmp_path):
-    """A one-node Ray cluster with token auth, stopped afterwards."""
+    """A one-node Ray cluster with token auth in a temp dir of its own, stopped afterwards."""
     dashboard = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths live under it
     env = job_env(tmp_path, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)})
     start = [RAY, "start", "--head", f"--port={free_port()}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-             "--include-dashboard=true", "--num-cpus=2", "--disable-usage-stats"]
-    started = subprocess.run(start, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
-    yield env, f"http://127.0.0.1:{dashboard}"
-    subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+             "--include-dashboard=true", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp_dir}"]
+    try:
+        started = subprocess.run(start, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        yield env, f"http://127.0.0.1:{dashboard}"
+    finally:
+        stop_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_job_runs_through_ray_job_submit(ray_head, tmp_path):
