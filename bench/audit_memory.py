@@ -9,10 +9,10 @@ report.
 
 Each count runs the real job (`jobs.driver.main(jobs.audit.JOB)`) in a fresh Python process that starts its own
 local Ray, into a fresh output folder. Driver peak: getrusage(RUSAGE_SELF).ru_maxrss of that
-driver process alone (Ray's own processes and the actors are not in it). Window growth and
-peak: the largest the job reports for the Ray workers that ran its windows (how much a worker
-grew during its window, and its peak resident memory then; a worker may have run Ray Data tasks
-before, which its peak includes). The report size is report.html plus figures/.
+driver process alone (Ray's own processes and the actors are not in it). Run growth and
+peak: the largest the job reports for the Ray workers that ran its Ray Data runs (how much a
+worker grew during its run, and its peak resident memory then; a worker may have run Ray Data
+tasks before, which its peak includes). The report size is report.html plus figures/.
 """
 
 from __future__ import annotations
@@ -59,16 +59,15 @@ def make_inputs(folder: Path, count: int, size: int) -> Path:
     return manifest
 
 
-def run(manifest: Path, output: Path, count: int, metrics: str, batch_size: int, window: int | None) -> dict:
+def run(manifest: Path, output: Path, count: int, metrics: str, batch_size: int) -> dict:
     argv = ["--input", str(manifest), "--output", str(output), "--metrics", metrics, "--batch-size", str(batch_size)]
-    argv += ["--window", str(window)] if window else []
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", CHILD, *argv], cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if result.returncode:
         raise SystemExit(f"the audit job failed for {count} inputs:\n{result.stderr[-3000:]}")
     child = json.loads(result.stdout.strip().splitlines()[-1])
-    windows = [(float(g), float(p)) for g, p in re.findall(r"its Ray worker grew by (-?\d+) MiB, to (\d+) MiB", result.stderr)]
+    runs = [(float(g), float(p)) for g, p in re.findall(r"its Ray worker grew by (-?\d+) MiB, to (\d+) MiB", result.stderr)]
     report = [output / "report.html", *(output / "figures").iterdir()]
     faces = pq.read_table(output / "faces", columns=["face_index"]).num_rows
     return {
@@ -76,9 +75,9 @@ def run(manifest: Path, output: Path, count: int, metrics: str, batch_size: int,
         "faces": faces,
         "wall_s": wall,
         "driver_peak_rss_mib": child["peak_rss_kib"] / 1024,
-        "windows": len(windows),
-        "window_growth_mib": max(g for g, _ in windows),
-        "window_peak_rss_mib": max(p for _, p in windows),
+        "runs": len(runs),
+        "run_growth_mib": max(g for g, _ in runs),
+        "run_peak_rss_mib": max(p for _, p in runs),
         "report_kib": sum(p.stat().st_size for p in report) / 1024,
         "report_files": len(report),
     }
@@ -89,7 +88,6 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[200, 1000, 10000, 20000], help="input counts to run (default: 200 1000 10000 20000)")
     parser.add_argument("--metrics", default="brightness,contrast", help="the job's --metrics (default: brightness,contrast)")
     parser.add_argument("--batch-size", type=int, default=32, help="the job's --batch-size (default: 32)")
-    parser.add_argument("--window", type=int, default=None, help="the job's --window (default: the job's default)")
     parser.add_argument("--image-size", type=int, default=64, help="side of the generated input images in px (default: 64)")
     args = parser.parse_args()
 
@@ -97,13 +95,13 @@ def main() -> None:
         folder = Path(tmp) / "in"
         folder.mkdir()
         manifest = make_inputs(folder, max(args.counts), args.image_size)
-        print(f"inputs: {args.image_size}x{args.image_size} JPEGs, one manifest face each; --metrics {args.metrics}, --batch-size {args.batch_size}, --window {args.window or 'default'}")
-        print(f"{'inputs':>8} {'faces':>8} {'wall s':>8} {'driver peak RSS MiB':>20} {'windows':>8} {'window growth MiB':>18} {'window peak RSS MiB':>20} {'report KiB':>11} {'files':>6}")
+        print(f"inputs: {args.image_size}x{args.image_size} JPEGs, one manifest face each; --metrics {args.metrics}, --batch-size {args.batch_size}")
+        print(f"{'inputs':>8} {'faces':>8} {'wall s':>8} {'driver peak RSS MiB':>20} {'runs':>8} {'run growth MiB':>18} {'run peak RSS MiB':>20} {'report KiB':>11} {'files':>6}")
         for count in args.counts:
             own = folder / f"manifest_{count}.parquet"
             pq.write_table(pq.read_table(manifest).slice(0, count), own)
-            r = run(own, Path(tmp) / f"out_{count}", count, args.metrics, args.batch_size, args.window)
-            print(f"{r['inputs']:>8} {r['faces']:>8} {r['wall_s']:>8.1f} {r['driver_peak_rss_mib']:>20.1f} {r['windows']:>8} {r['window_growth_mib']:>18.0f} {r['window_peak_rss_mib']:>20.0f} {r['report_kib']:>11.1f} {r['report_files']:>6}", flush=True)
+            r = run(own, Path(tmp) / f"out_{count}", count, args.metrics, args.batch_size)
+            print(f"{r['inputs']:>8} {r['faces']:>8} {r['wall_s']:>8.1f} {r['driver_peak_rss_mib']:>20.1f} {r['runs']:>8} {r['run_growth_mib']:>18.0f} {r['run_peak_rss_mib']:>20.0f} {r['report_kib']:>11.1f} {r['report_files']:>6}", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ S3-compatible endpoint is taken from `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -78,46 +80,94 @@ def _uri_of(uri: str, path: str) -> str:
     return f"s3://{path}" if is_s3(uri) else path
 
 
-def list_images(uri: str) -> list[str]:
-    """Image files under a folder or prefix, recursively, sorted. Extensions match in any case."""
+def iter_images(uri: str, chunk: int) -> Iterator[list[str]]:
+    """Image files under a folder or prefix, recursively, in lists of up to `chunk`, in the order of
+    their full paths (S3's key order; locally a walk whose order is the same), without ever holding
+    the whole listing. Extensions match in any case."""
     filesystem, path = filesystem_and_path(uri)
     info = filesystem.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"nothing at {uri}")
     if info.type == pafs.FileType.File:
-        return [uri] if path.lower().endswith(IMAGE_EXTENSIONS) else []
-    selector = pafs.FileSelector(path, recursive=True)
-    return sorted(
-        _uri_of(uri, f.path)
-        for f in filesystem.get_file_info(selector)
-        if f.type == pafs.FileType.File and f.path.lower().endswith(IMAGE_EXTENSIONS)
-    )
+        yield [uri] if path.lower().endswith(IMAGE_EXTENSIONS) else []
+        return
+    found = (p for p in (_s3_keys(path) if is_s3(uri) else _walk(path)) if p.lower().endswith(IMAGE_EXTENSIONS))
+    while batch := [_uri_of(uri, p) for p in itertools.islice(found, chunk)]:
+        yield batch
+
+
+def _walk(folder: str) -> Iterator[str]:
+    """Files under `folder` in the order of their full paths: a directory sorts as its name plus '/'."""
+    with os.scandir(folder) as it:
+        entries = sorted(((e.name + "/" if e.is_dir() else e.name), e.path) for e in it)
+    for name, path in entries:
+        if name.endswith("/"):
+            yield from _walk(path)
+        else:
+            yield path
+
+
+def _s3_keys(path: str) -> Iterator[str]:
+    """`bucket/key` of every object under the prefix `path`, page by page (1,000 keys a request)."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, prefix = path.partition("/")
+    config = Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 5, "mode": "standard"})
+    client = boto3.client("s3", config=config)
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")
+    try:
+        for page in pages:
+            for item in page.get("Contents", []):
+                if not item["Key"].endswith("/"):
+                    yield f"{bucket}/{item['Key']}"
+    except (BotoCoreError, ClientError) as exc:
+        raise OSError(f"listing s3://{path}: {exc}") from None
 
 
 def is_manifest(uri: str) -> bool:
     return uri.lower().endswith(MANIFEST_EXTENSIONS)
 
 
-def read_manifest(uri: str, column: str | None = None) -> pa.Table:
-    """A Parquet or CSV manifest with its image URIs in a `source_uri` column; other columns are kept.
+def iter_manifest(uri: str, column: str | None, chunk: int, keep: tuple[str, ...] = ()) -> Iterator[pa.Table]:
+    """A Parquet or CSV manifest, `chunk` rows at a time in file order: its image URIs as
+    `source_uri`, and those of the columns `keep` that it has.
 
     The URIs come from `column`, or the first of URI_COLUMNS present. Rows without one are
     dropped. Relative local paths are taken relative to the manifest's folder.
     """
     filesystem, path = filesystem_and_path(uri)
     with filesystem.open_input_file(path) as f:
-        table = pq.read_table(f) if path.lower().endswith(".parquet") else pacsv.read_csv(f)
-    name = column or next((c for c in URI_COLUMNS if c in table.column_names), None)
-    if name is None or name not in table.column_names:
+        if path.lower().endswith(".parquet"):
+            parquet = pq.ParquetFile(f)
+            names = parquet.schema_arrow.names
+            name = _uri_column(uri, names, column)
+            batches = parquet.iter_batches(batch_size=chunk, columns=[name, *(k for k in keep if k in names and k != name)])
+        else:
+            # Types fixed up front: a streaming reader infers them from its first block only.
+            strings = pacsv.ConvertOptions(column_types={c: pa.string() for c in (*URI_COLUMNS, *keep, column) if c})
+            reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 22), convert_options=strings)
+            names = reader.schema.names
+            name = _uri_column(uri, names, column)
+            batches = reader
+        base = uri.rsplit("/", 1)[0] if is_s3(uri) else str(Path(path).parent)
+        for batch in batches:
+            table = pa.Table.from_batches([batch])
+            table = table.filter(pc.is_valid(table.column(name)))
+            given = table.column(name).cast(pa.string())
+            absolute = pc.or_(pc.starts_with(given, "s3://"), pc.starts_with(given, "/"))
+            uris = pc.if_else(absolute, given, pc.binary_join_element_wise(base.rstrip("/"), pc.utf8_trim(given, "/"), "/"))
+            others = [k for k in keep if k in table.column_names and k != name]
+            yield table.select(others).append_column("source_uri", uris)
+
+
+def _uri_column(uri: str, names: list[str], column: str | None) -> str:
+    name = column or next((c for c in URI_COLUMNS if c in names), None)
+    if name is None or name not in names:
         wanted = repr(column) if column else f"one of {', '.join(URI_COLUMNS)}"
-        raise ValueError(f"manifest {uri} has no column {wanted}; its columns are {', '.join(table.column_names)}")
-    base = uri.rsplit("/", 1)[0] if is_s3(uri) else str(Path(path).parent)
-    table = table.filter(pc.is_valid(table.column(name)))
-    given = table.column(name).cast(pa.string())
-    absolute = pc.or_(pc.starts_with(given, "s3://"), pc.starts_with(given, "/"))
-    uris = pc.if_else(absolute, given, pc.binary_join_element_wise(base.rstrip("/"), pc.utf8_trim(given, "/"), "/"))
-    others = [c for c in table.column_names if c not in (name, "source_uri")]
-    return table.select(others).append_column("source_uri", uris)
+        raise ValueError(f"manifest {uri} has no column {wanted}; its columns are {', '.join(names)}")
+    return name
 
 
 def read_bytes(uri: str) -> bytes:
@@ -151,3 +201,10 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
 def delete(uri: str) -> None:
     filesystem, path = filesystem_and_path(uri)
     filesystem.delete_file(path)
+
+
+def delete_dir(uri: str) -> None:
+    """A folder or prefix and everything under it; nothing when it is not there."""
+    filesystem, path = filesystem_and_path(uri)
+    if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
+        filesystem.delete_dir(path)

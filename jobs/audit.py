@@ -94,14 +94,17 @@ def stages(common: Common, cfg: AuditConfig, ctx: Context) -> list[Stage]:
     return found + [stage(write_audit, output=common.output, run=ctx.record, rules=cfg.thresholds)]
 
 
-def finish(common: Common, cfg: AuditConfig) -> list[str]:
+def finish(common: Common, cfg: AuditConfig, changed: bool) -> list[str]:
+    report = storage.join(common.output, "report.html")
+    if not changed and storage.file_size(report) is not None:
+        return [f"nothing new to summarise: {common.output}/{KEPT_MANIFEST} and {report} are as the earlier run left them"]
     print("summarising the written tables for the report", file=sys.stderr)
     summary, kept = summarize(common.output, cfg.restoration is not None, cfg.measures, cfg.gallery_size)
     release_freed_memory()
     title = f"Audit of {common.input}" + (" (SYNTHETIC WEIGHTS: the figures are not real measurements)" if common.synthetic else "")
     for rel, data in render(summary, {r.name: r.limit for r in cfg.thresholds}, title).items():
         storage.write_bytes(storage.join(common.output, rel), data)
-    return [f"kept {kept} of {summary.totals()['faces']} faces: {common.output}/{KEPT_MANIFEST}; report: {common.output}/report.html"]
+    return [f"kept {kept} of {summary.totals()['faces']} faces: {common.output}/{KEPT_MANIFEST}; report: {report}"]
 
 
 JOB = Job("audit", __doc__, ("images", "faces"), "faces", "measured", add_flags, configure, preflight, stages, finish)

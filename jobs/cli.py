@@ -11,10 +11,7 @@ from codeformer_core.metrics import NO_REFERENCE
 from codeformer_core.restore import MAX_AUTO_BATCH, PRECISIONS, Speed
 from codeformer_core.weights import SYNTHETIC_SPEC_PREFIX
 
-# The process that drives a Ray Data run keeps memory for every block the run has made until the
-# run ends (ray-project/ray#66016, and native memory of Ray's core worker that even outlives the
-# run), so the inputs go through in runs of at most this many batches, each in a process of its own.
-WINDOW_BATCHES = 2000
+SHARD_SIZE = 1000  # inputs per shard: the unit of commit and resume, and the rows of each committed file but a shard's last
 CPU_BLOCK = 8  # rows per batch of the CPU stages when --batch-size is auto and there is no GPU
 
 
@@ -58,7 +55,7 @@ def parser(prog: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="folder, s3://bucket/prefix, or a .parquet/.csv manifest of image URIs (with optional landmarks)")
     p.add_argument("--output", required=True, help="folder or s3://bucket/prefix for the output tables (the description above lists them)")
     p.add_argument("--aligned", action="store_true", help="inputs are aligned faces (resized to 512x512 when needed), like the official --has_aligned; no detection")
-    p.add_argument("--limit", type=positive_int, default=None, help="process only the first N inputs in sorted order")
+    p.add_argument("--limit", type=positive_int, default=None, help="process only the first N inputs in listing order: a folder's or prefix's by full path, a manifest's by row")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help=f"reject images with more pixels than this before decoding them (default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--uri-column", default=None, help="manifest column holding image URIs (default: the first of uri, source_uri, path, url, image)")
     p.add_argument("--weights-dir", default=None, help="folder holding checkpoints under their official names (default: $CODEFORMER_WEIGHTS_DIR)")
@@ -77,11 +74,17 @@ def parser(prog: str, doc: str) -> argparse.ArgumentParser:
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model stages run: auto picks GPUs when the cluster has them (default auto)")
     c.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started for this job)")
     c.add_argument(
-        "--window",
+        "--shard-size",
         type=positive_int,
-        default=None,
-        help=f"inputs per Ray Data run; each run goes in a process of its own whose memory grows with the run's size, "
-        f"and starts its actors anew (default: {WINDOW_BATCHES} batches)",
+        default=SHARD_SIZE,
+        help=f"inputs per shard, the unit that is committed and resumed: each table gets a file per shard (and one more "
+        f"per 128 MiB); a rerun redoes at most the shards that were not committed (default {SHARD_SIZE})",
+    )
+    c.add_argument(
+        "--shared-output",
+        action="store_true",
+        help="the local --output path is storage every node of the cluster shares (NFS, a mounted bucket); without it "
+        "a local path is refused on a cluster of more than one node",
     )
     return p
 

@@ -6,6 +6,7 @@ Output under --output: images/ (one row per input, with a status) and crops/ (on
 landmarks, the affine from the image to the crop, the crop as PNG). A rerun resumes.
 """
 
+import functools
 import sys
 from dataclasses import asdict
 
@@ -22,6 +23,10 @@ from jobs.stages.batches import clean
 
 
 def write_crops(batch, output: str, run: dict):
+    return ledger.stage(batch, output, "crops", functools.partial(crop_tables, run=run))
+
+
+def crop_tables(batch, run: dict) -> tuple[ledger.Tables, ledger.Files]:
     landmarks = batch["landmarks"] if "landmarks" in batch else [None] * len(batch["image_id"])
     rows = [
         {"image_id": str(i), "source_uri": str(u), "face_index": k, "landmarks": clean(lm[k]) if lm is not None else None,
@@ -31,7 +36,7 @@ def write_crops(batch, output: str, run: dict):
     ]
     faces = [len(c) for c in batch["crops"]]
     images = ledger.images_table(batch, schemas.crop_images.SCHEMA, num_faces=faces, code_version=[run["code_version"]] * len(faces))
-    return ledger.commit(batch, output, {"images": images, "crops": pa.Table.from_pylist(rows, schema=schemas.crops.SCHEMA)}, len(rows))
+    return {"images": images, "crops": pa.Table.from_pylist(rows, schema=schemas.crops.SCHEMA)}, {}
 
 
 def preflight(common, detection, detecting: bool) -> dict:

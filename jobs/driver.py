@@ -1,4 +1,4 @@
-"""The one driver of every job: flags, preflight, listing, resume, the windows, progress, summary, exit codes.
+"""The one driver of every job: flags, the output's lock, listing, preflight, resume, the run, progress, summary, exit codes.
 
 A job module declares a `Job`: its own flags, its config, what it checks before work (weights),
 its stages in order and its tables; `main(job)` does the rest, the same way for every job."""
@@ -6,26 +6,28 @@ its stages in order and its tables; `main(job)` does the rest, the same way for 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import socket
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 import codeformer_core
+from codeformer_core import storage
 from codeformer_core.weights import WeightsError
-from jobs import cli, ledger, listing, memory, pipeline, resources, windows
+from jobs import cli, ledger, listing, memory, pipeline, resources, runner
 from jobs.cli import UsageError
+from jobs.lock import OutputLock, OutputLockedError
 from jobs.pipeline import Context, Stage
 
 SYNTHETIC_NOTE = (
     "NOTE: SYNTHETIC WEIGHTS. The networks ran with random weights in the official layout, not the trained "
     "ones: every stage ran for real, but restored faces are noise and detections arbitrary. Outputs are marked synthetic."
 )
+CONNECT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,8 @@ class Common:
     threads: int | None
     device: str
     ray_address: str | None
-    window: int | None
+    shard_size: int
+    shared_output: bool
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Common:
@@ -55,7 +58,8 @@ class Common:
         return cls(
             input=args.input, output=args.output.rstrip("/"), aligned=args.aligned, limit=args.limit, max_pixels=args.max_pixels,
             uri_column=args.uri_column, weights_dir=args.weights_dir, synthetic=args.synthetic_weights, batch_size=args.batch_size,
-            workers=args.workers, threads=args.threads_per_worker, device=args.device, ray_address=args.ray_address, window=args.window,
+            workers=args.workers, threads=args.threads_per_worker, device=args.device, ray_address=args.ray_address,
+            shard_size=args.shard_size, shared_output=args.shared_output,
         )
 
 
@@ -63,19 +67,21 @@ class Common:
 class Job:
     """What a job declares. `configure` turns its own flags into its config (raising UsageError);
     `preflight` checks what it needs before any work (weights) and returns the run record, which a
-    rerun into the same output must match; `stages` lists its stages in order; `finish` runs after
-    the windows (the audit's report) and returns extra summary lines."""
+    rerun into the same output must match; `stages` lists its stages in order; `tables` are its
+    tables, the first one row per input, the second what it counts as `unit`; `finish` runs after
+    the run (the audit's report), told whether this run committed anything, and returns extra
+    summary lines."""
 
     name: str
     doc: str
     tables: tuple[str, ...]
-    unit: str  # what the job makes, as counted in its commit records
+    unit: str  # what the job makes, as counted in its second table
     verb: str  # what it does to them, for "no faces restored this run"
     add_flags: Callable[[argparse.ArgumentParser], None]
     configure: Callable[[argparse.Namespace, Common], object]
     preflight: Callable[[Common, object, bool], dict]
     stages: Callable[[Common, object, Context], list[Stage]]
-    finish: Callable[[Common, object], list[str]] | None = None
+    finish: Callable[[Common, object, bool], list[str]] | None = None
 
 
 def build_parser(job: Job) -> argparse.ArgumentParser:
@@ -89,47 +95,53 @@ def record(job: Job, extra: dict) -> dict:
 
 
 def start_ray(address: str | None) -> None:
+    """Join the cluster at `address` (or $RAY_ADDRESS), or start a local Ray; an address that does
+    not answer within CONNECT_SECONDS is a usage error, not a wait."""
     import ray
 
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, logging_level="ERROR")
-    else:
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
         ray.init(address="local", include_dashboard=False, logging_level="ERROR")
-
-
-def pending_inputs(inputs: pa.Table, resume: ledger.Resume) -> pa.Table:
-    """The inputs no committed part holds yet; says how many there are."""
-    memory.release_freed_memory()
-    done = pa.array(sorted(resume.done_ids), pa.string())
-    pending = inputs.filter(pc.invert(pc.is_in(inputs.column("image_id"), value_set=done)))
-    print(
-        f"{inputs.num_rows} inputs: {inputs.num_rows - pending.num_rows} already done, {pending.num_rows} to process"
-        + (f" ({resume.orphans_removed} unfinished part files from an earlier run removed)" if resume.orphans_removed else ""),
-        file=sys.stderr,
-    )
-    return pending
-
-
-def prepare(job: Job, argv: list[str] | None) -> tuple[Common, object, pa.Table, dict, ledger.Resume]:
-    """Everything that can stop the job, checked before any work is started."""
-    args = build_parser(job).parse_args(argv)
-    common = Common.from_args(args)
-    cfg = job.configure(args, common)
-    inputs = listing.list_inputs(common.input, common.uri_column, common.limit)
-    run = record(job, job.preflight(common, cfg, listing.needs_detector(common.aligned, inputs)))
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if host and port.isdigit():
+        try:
+            socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+        except OSError as exc:
+            raise UsageError(f"cannot reach the Ray cluster at {address}: {exc}") from None
     try:
-        resume = ledger.prepare(common.output, run, job.tables)
-    except OSError as exc:
-        raise UsageError(f"cannot write to output {common.output}: {exc}") from None
-    return common, cfg, inputs, run, resume
+        ray.init(address=address, logging_level="ERROR")
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UsageError(f"cannot join the Ray cluster at {address}: {str(exc).strip().splitlines()[0]}") from None
 
 
-def plans(job: Job, common: Common, cfg: object, pending: pa.Table, run: dict) -> list:
-    place = resources.placement(resources.alive_nodes(), common.device, common.workers, common.threads)
-    context = Context(place, place.block(common.batch_size), listing.needs_detector(common.aligned, pending), common.synthetic, run)
-    stages = job.stages(common, cfg, context)
-    build = lambda part: pipeline.build(windows.source(part, context.block), stages, place, context.block)  # noqa: E731
-    return windows.windows(build, pending, context.block, common.window)
+def check_output_is_shared(common: Common, nodes: list[resources.Node]) -> None:
+    if len(nodes) > 1 and not storage.is_s3(common.output) and not common.shared_output:
+        raise UsageError(
+            f"--output {common.output} is a local path, and the cluster has {len(nodes)} nodes: each would write to its own disk. "
+            "Use an s3:// output, or --shared-output when the path is storage every node shares."
+        )
+
+
+def prepare(job: Job, common: Common, cfg: object) -> tuple[listing.Listing, dict, ledger.Resume]:
+    """Everything that can stop the job before any work: the listing, the weights, the output's state."""
+    inputs = listing.listing(common.output, common.input, common.uri_column, common.limit, common.shard_size)
+    run = record(job, job.preflight(common, cfg, inputs.needs_detector(common.aligned)))
+    resume = ledger.prepare(common.output, run, job.tables, inputs)
+    return inputs, run, resume
+
+
+def plan_of(job: Job, common: Common, cfg: object, inputs: listing.Listing, run: dict) -> Callable[[dict[int, int]], object]:
+    """The function that builds the Ray Data plan of some shards, for runner.run_shards."""
+    nodes = resources.alive_nodes()
+    check_output_is_shared(common, nodes)
+    place = resources.placement(nodes, common.device, common.workers, common.threads)
+    context = Context(place, place.block(common.batch_size), inputs.needs_detector(common.aligned), common.synthetic, run)
+    return functools.partial(build_plan, common.output, job.stages(common, cfg, context), place, context.block)
+
+
+def build_plan(output: str, stages: list[Stage], place: resources.Placement, block: int, shards: dict[int, int]):
+    return pipeline.build(runner.source(output, shards, block), stages, place, block)
 
 
 def summary(job: Job, common: Common, total: int, statuses: Counter, items: int, new: int, seconds: float) -> list[str]:
@@ -144,33 +156,61 @@ def summary(job: Job, common: Common, total: int, statuses: Counter, items: int,
 
 
 def main(job: Job, argv: list[str] | None = None) -> int:
-    """Run `job` as its command line says; 0 when done, 2 for a usage error, 130 when interrupted."""
+    """Run `job` as its command line says; 0 when done, 2 for a usage error, 1 when the run failed, 130 when interrupted."""
     memory.use_system_allocator()
+    lock = None
+    committed, done = 0, runner.Totals()
     try:
         try:
-            common, cfg, inputs, run, resume = prepare(job, argv)
-        except (UsageError, WeightsError, ledger.OutputMismatchError, ValueError) as exc:
+            args = build_parser(job).parse_args(argv)
+            common = Common.from_args(args)
+            cfg = job.configure(args, common)
+            lock = OutputLock(common.output)
+            try:
+                lock.acquire()
+            except OSError as exc:
+                raise UsageError(f"cannot write to output {common.output}: {exc}") from None
+            inputs, run, resume = prepare(job, common, cfg)
+        except (UsageError, WeightsError, ledger.OutputMismatchError, OutputLockedError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        memory.release_freed_memory()
+        committed = resume.inputs
         synthetic = common.synthetic or bool(run.get("weights_synthetic"))
         if synthetic:
             print(SYNTHETIC_NOTE, file=sys.stderr)
-        pending = pending_inputs(inputs, resume)
+        pending = {k: inputs.shard_rows(k) for k in range(inputs.shards) if k not in resume.done}
+        print(
+            f"{inputs.rows} inputs in {inputs.shards} shards: {resume.inputs} already done, {sum(pending.values())} to process"
+            + (f" ({resume.removed} files of unfinished work from an earlier run removed)" if resume.removed else ""),
+            file=sys.stderr,
+        )
         statuses = Counter(resume.statuses)
         start = time.monotonic()
-        new = 0
-        if pending.num_rows:
+        if pending:
             try:
                 start_ray(common.ray_address)
-                windowed = plans(job, common, cfg, pending, run)
+                plan = plan_of(job, common, cfg, inputs, run)
             except UsageError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
-            new = windows.drive(windowed, pending.num_rows, statuses, job.name, job.unit)
-        extra = job.finish(common, cfg) if job.finish else []
-        lines = summary(job, common, inputs.num_rows, statuses, resume.items + new, new, time.monotonic() - start) + extra
+            try:
+                runner.drive(plan, pending, common.output, job.name, job.unit, lock.lost.is_set, done)
+            except runner.OutputTakenError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            except runner.RunFailedError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            statuses.update(done.statuses)
+            storage.delete_dir(storage.join(common.output, ledger.STAGING))
+        extra = job.finish(common, cfg, bool(done.inputs)) if job.finish else []
+        lines = summary(job, common, inputs.rows, statuses, resume.items + done.items, done.items, time.monotonic() - start) + extra
         print("\n".join(lines + ([SYNTHETIC_NOTE] if synthetic else [])))
         return 0
     except KeyboardInterrupt:
-        print("\ninterrupted: what was committed is kept; run the same command again to finish the output", file=sys.stderr)
+        print(f"\ninterrupted: {committed + done.inputs} inputs are committed and kept; run the same command again to finish the output", file=sys.stderr)
         return 130
+    finally:
+        if lock is not None:
+            lock.release()

@@ -1,19 +1,24 @@
-"""The output ledger: Parquet parts made visible by commit records, and the committed tables read back.
+"""The output ledger: shards staged piece by piece, each committed by one marker, read back.
 
-A write task writes its part files (one per table), then a commit record
-`_commits/<part>.json` naming the part's files and image ids. A part without a commit
-record is an orphan from a crash: `prepare` deletes it before work starts. Inputs whose
-image id appears in a commit record are done, so a rerun skips them and never writes
-them twice. This works the same for local folders and s3:// prefixes and needs nothing
-from Ray's (beta) checkpointing.
+A shard (jobs/listing.py) goes through the pipeline in pieces of a batch each. The last stage
+writes a piece's tables under `_staging/shard-K/<table>/pNNNNNNNN.<ext>`, named by the piece's
+first input, and hands the piece's counts on. The process that runs the pipeline takes each
+piece that comes out of it once; when a shard's pieces hold all its inputs, a commit task merges
+exactly those pieces into `<table>/shard-K-NNN.parquet` (and .tar), starting a new file at
+FILE_BYTES, then writes the marker `_shards/shard-K.json` (counts and file names) and removes the
+staging. Whatever Ray re-executes (lost objects, retried tasks, restarted actors) writes only
+staging pieces, which nothing reads unless it came out of the pipeline once; the committed files
+have deterministic names, so a retried commit overwrites them. A rerun reads the markers, one
+per shard, removes the staging and every file no marker names, and runs the shards without one.
 """
 
 from __future__ import annotations
 
-import hashlib
+import io as stdio
 import json
-from collections import Counter
-from collections.abc import Iterator
+import tarfile
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -23,11 +28,19 @@ import pyarrow.parquet as pq
 
 import schemas
 from codeformer_core import storage
+from jobs.listing import Listing
 from jobs.stages.batches import Batch, clean
 
-COMMITS = "_commits"
+MARKERS = "_shards"
+STAGING = "_staging"
 RUN_RECORD = "_run.json"
+OLD_LAYOUT = "_commits"  # part files with one commit record each, before shards
+FILE_BYTES = 128 << 20  # a committed file ends once it holds this much; each shard's last file may hold less
 READ_THREADS = 16
+PREFETCH = 4
+
+Tables = dict[str, pa.Table]
+Files = dict[str, bytes]
 
 
 class OutputMismatchError(Exception):
@@ -36,16 +49,19 @@ class OutputMismatchError(Exception):
 
 @dataclass(frozen=True)
 class Resume:
-    done_ids: frozenset[str]
+    done: frozenset[int]  # shards committed whole
+    inputs: int
     statuses: dict[str, int]
     items: int  # faces restored or pairs made, as the job counts them
-    orphans_removed: int
+    removed: int  # files of uncommitted work removed
 
 
-def part_name(image_ids: list[str]) -> str:
-    """A part's name follows from the inputs it holds, so that Ray re-running the same write
-    overwrites the same files instead of adding a second copy under a new name."""
-    return f"part-{hashlib.sha256(chr(10).join(image_ids).encode()).hexdigest()[:32]}"
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:08d}"
+
+
+def piece_name(first: int) -> str:
+    return f"p{first:08d}"
 
 
 def images_table(batch: Batch, schema: pa.Schema, **columns: list) -> pa.Table:
@@ -61,90 +77,171 @@ def images_table(batch: Batch, schema: pa.Schema, **columns: list) -> pa.Table:
     return schemas.conform(pa.table({**common, **columns}), schema)
 
 
-def commit(batch: Batch, output: str, tables: dict[str, pa.Table], items: int, files: dict[str, bytes] | None = None) -> Batch:
-    """Write `tables` (and `files`) for the inputs of `batch` as one committed part; the counts the driver adds up."""
-    image_ids = [str(i) for i in batch["image_id"]]
-    counts = Counter(str(s) for s in batch["status"])
-    write_part(output, part_name(image_ids), tables, image_ids, dict(counts), items, files)
-    return {"inputs": np.array([len(image_ids)]), "items": np.array([items]), "statuses": np.array([json.dumps(counts)])}
-
-
-def write_part(
-    output: str,
-    part: str,
-    tables: dict[str, pa.Table],
-    image_ids: list[str],
-    statuses: dict[str, int],
-    items: int,
-    files: dict[str, bytes] | None = None,
-) -> None:
-    """Write each non-empty table to `<output>/<name>/<part>.parquet` and each of `files` (relative
-    path -> bytes) to its place, then commit them together."""
-    written = []
-    for name, table in tables.items():
-        if table.num_rows:
-            rel = f"{name}/{part}.parquet"
-            filesystem, path = storage.filesystem_and_path(storage.join(output, rel))
-            filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            pq.write_table(table, path, filesystem=filesystem)
+def stage(batch: Batch, output: str, items: str, make: Callable[[Batch], tuple[Tables, Files]]) -> Batch:
+    """Write the batch's rows as one staged piece per shard it holds: `make` turns a shard's rows into
+    its tables (Parquet) and files (.tar); `items` is the table whose rows the job counts. One row
+    out per piece, for the process that commits shards."""
+    shards, positions = np.asarray(batch["shard"], np.int64), np.asarray(batch["position"], np.int64)
+    out: dict[str, list] = {"shard": [], "first": [], "inputs": [], "items": [], "statuses": [], "written": []}
+    for shard in np.unique(shards):
+        rows = np.flatnonzero(shards == shard)
+        tables, files = make({name: np.asarray(column)[rows] for name, column in batch.items()})
+        first = int(positions[rows].min())
+        base = storage.join(output, STAGING, shard_name(int(shard)))
+        written = []
+        for name, table in tables.items():
+            if table.num_rows:
+                rel = f"{name}/{piece_name(first)}.parquet"
+                filesystem, path = storage.filesystem_and_path(storage.join(base, rel))
+                filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+                pq.write_table(table, path, filesystem=filesystem)
+                written.append(rel)
+        for name, data in files.items():
+            rel = f"{name}/{piece_name(first)}.tar"
+            storage.write_bytes(storage.join(base, rel), data)
             written.append(rel)
-    for rel, data in (files or {}).items():
-        storage.write_bytes(storage.join(output, rel), data)
-        written.append(rel)
-    record = {"part": part, "files": written, "image_ids": image_ids, "statuses": statuses, "items": items}
-    storage.write_bytes(storage.join(output, COMMITS, f"{part}.json"), json.dumps(record).encode())
+        out["shard"].append(int(shard))
+        out["first"].append(first)
+        out["inputs"].append(len(rows))
+        out["items"].append(tables[items].num_rows)
+        out["statuses"].append(json.dumps(Counter(str(s) for s in np.asarray(batch["status"])[rows])))
+        out["written"].append(json.dumps(written))
+    return {k: np.array(v) for k, v in out.items()}
 
 
-def _read_json(uri: str) -> dict:
-    return json.loads(storage.read_bytes(uri))
+def commit_shard(output: str, shard: int, pieces: list[tuple[int, list[str]]], inputs: int, statuses: dict[str, int], items: int) -> dict:
+    """Merge `pieces` (first input, staged files) into the shard's files, then write its marker."""
+    name = shard_name(shard)
+    staged: dict[str, list[str]] = {}
+    for _, written in sorted(pieces):
+        for rel in written:
+            staged.setdefault(rel, [])
+    by_file: dict[tuple[str, str], list[str]] = {}
+    for rel in staged:
+        table, piece = rel.split("/")
+        by_file.setdefault((table, piece.rsplit(".", 1)[1]), []).append(storage.join(output, STAGING, name, rel))
+    files = []
+    for (table, ext), uris in by_file.items():
+        merge = merge_tars if ext == "tar" else merge_parquet
+        files += merge(uris, output, f"{table}/{name}")
+    marker = {"shard": shard, "inputs": inputs, "statuses": statuses, "items": items, "files": sorted(files)}
+    storage.write_bytes(storage.join(output, MARKERS, f"{name}.json"), json.dumps(marker).encode())
+    storage.delete_dir(storage.join(output, STAGING, name))
+    return marker
 
 
-def prepare(output: str, run: dict, folders: tuple[str, ...]) -> Resume:
-    """Check that `output` holds nothing or an earlier run of the same settings, drop orphans, list done ids."""
+def merge_parquet(uris: list[str], output: str, stem: str) -> list[str]:
+    """Staged Parquet pieces, in order, into files `<stem>-NNN.parquet` of FILE_BYTES or more, but the last."""
+    written: list[str] = []
+    writer, size = None, 0
+    for table in read_tables(uris):
+        if writer is None or size >= FILE_BYTES:
+            if writer is not None:
+                writer.close()
+            written.append(f"{stem}-{len(written):03d}.parquet")
+            filesystem, path = storage.filesystem_and_path(storage.join(output, written[-1]))
+            filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            writer, size = pq.ParquetWriter(path, table.schema, filesystem=filesystem), 0
+        writer.write_table(table)
+        size += table.nbytes
+    if writer is not None:
+        writer.close()
+    return written
+
+
+def merge_tars(uris: list[str], output: str, stem: str) -> list[str]:
+    """Staged tar pieces, member by member, into `<stem>-NNN.tar` files of FILE_BYTES or more, but the last."""
+    written: list[str] = []
+    tar, stream, size = None, None, 0
+    for uri in uris:
+        if tar is None or size >= FILE_BYTES:
+            if tar is not None:
+                tar.close()
+                stream.close()
+            written.append(f"{stem}-{len(written):03d}.tar")
+            filesystem, path = storage.filesystem_and_path(storage.join(output, written[-1]))
+            filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            stream = filesystem.open_output_stream(path)
+            tar, size = tarfile.open(fileobj=stream, mode="w|"), 0
+        data = storage.read_bytes(uri)
+        with tarfile.open(fileobj=stdio.BytesIO(data)) as piece:
+            for member in piece.getmembers():
+                tar.addfile(member, piece.extractfile(member))
+        size += len(data)
+    if tar is not None:
+        tar.close()
+        stream.close()
+    return written
+
+
+def read_tables(uris: list[str], columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """Each file's table in order, PREFETCH files read ahead, so that memory stays bounded."""
+
+    def read(uri: str) -> pa.Table:
+        filesystem, path = storage.filesystem_and_path(uri)
+        return pq.read_table(path, filesystem=filesystem, columns=columns)
+
+    with ThreadPoolExecutor(PREFETCH) as pool:
+        ahead: deque = deque()
+        for uri in uris:
+            ahead.append(pool.submit(read, uri))
+            if len(ahead) > PREFETCH:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
+
+
+def check_run(output: str, run: dict) -> None:
+    """Refuse an output made by an older layout or with other settings; record `run` in a new one."""
+    if storage.list_files(storage.join(output, OLD_LAYOUT)):
+        raise OutputMismatchError(f"{output} was written by an earlier version of this tool (part files with _commits/ records); use a new --output")
     record_uri = storage.join(output, RUN_RECORD)
-    if storage.file_size(record_uri) is not None:
-        earlier = _read_json(record_uri)
-        changed = {k: (earlier.get(k), v) for k, v in run.items() if earlier.get(k) != v}
-        if changed:
-            details = "; ".join(f"{k}: {old!r} before, {new!r} now" for k, (old, new) in changed.items())
-            raise OutputMismatchError(
-                f"{output} already holds output of a run with other settings ({details}). "
-                "Use another --output, or the same settings to resume."
-            )
-    else:
+    if storage.file_size(record_uri) is None:
         storage.write_bytes(record_uri, json.dumps(run, indent=2).encode())
+        return
+    earlier = json.loads(storage.read_bytes(record_uri))
+    changed = {k: (earlier.get(k), v) for k, v in run.items() if earlier.get(k) != v}
+    if changed:
+        details = "; ".join(f"{k}: {old!r} before, {new!r} now" for k, (old, new) in changed.items())
+        raise OutputMismatchError(
+            f"{output} already holds output of a run with other settings ({details}). Use another --output, or the same settings to resume."
+        )
 
-    commit_uris = storage.list_files(storage.join(output, COMMITS), suffix=".json")
+
+def markers(output: str) -> list[dict]:
+    uris = storage.list_files(storage.join(output, MARKERS), suffix=".json")
     with ThreadPoolExecutor(READ_THREADS) as pool:
-        records = list(pool.map(_read_json, commit_uris))
-    present = {
-        f"{folder}/{uri.rsplit('/', 1)[1]}" for folder in folders for uri in storage.list_files(storage.join(output, folder))
-    }
-    # A record whose files are gone (removed by hand, or a write that outlived its crashed
-    # driver and committed after a rerun swept its files) does not count: its inputs are redone.
-    broken = [uri for uri, r in zip(commit_uris, records) if not set(r["files"]) <= present]
-    for uri in broken:
-        storage.delete(uri)
-    records = [r for r in records if set(r["files"]) <= present]
-    committed = {f for r in records for f in r["files"]}
-    orphans = sorted(present - committed)
-    for rel in orphans:
-        storage.delete(storage.join(output, rel))
-    statuses: Counter[str] = Counter()
-    for r in records:
-        statuses.update(r["statuses"])
-    return Resume(
-        done_ids=frozenset(i for r in records for i in r["image_ids"]),
-        statuses=dict(statuses),
-        items=sum(r["items"] for r in records),
-        orphans_removed=len(orphans),
-    )
+        return list(pool.map(lambda uri: json.loads(storage.read_bytes(uri)), uris))
+
+
+def prepare(output: str, run: dict, tables: tuple[str, ...], listing: Listing) -> Resume:
+    """Check the output's settings, read its markers, remove what no marker names; what is done.
+
+    A marker of a shard that now holds more inputs (an earlier run with a smaller --limit) does
+    not count: that shard is run again, whole."""
+    check_run(output, run)
+    done, named, statuses, items, inputs = set(), set(), Counter(), 0, 0
+    for marker in markers(output):
+        shard = marker["shard"]
+        if shard < listing.shards and marker["inputs"] == listing.shard_rows(shard):
+            done.add(shard)
+            named.update(marker["files"])
+            statuses.update(marker["statuses"])
+            items += marker["items"]
+            inputs += marker["inputs"]
+        else:
+            storage.delete(storage.join(output, MARKERS, f"{shard_name(shard)}.json"))
+    storage.delete_dir(storage.join(output, STAGING))
+    removed = 0
+    for table in tables:
+        for uri in storage.list_files(storage.join(output, table)):
+            if f"{table}/{uri.rsplit('/', 1)[1]}" not in named:
+                storage.delete(uri)
+                removed += 1
+    return Resume(frozenset(done), inputs, dict(statuses), items, removed)
 
 
 def committed_tables(output: str, name: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
-    """Each committed part of table `name`, one at a time, so that memory stays flat."""
-    for uri in storage.list_files(storage.join(output, COMMITS), suffix=".json"):
-        for rel in _read_json(uri)["files"]:
-            if rel.startswith(f"{name}/"):
-                filesystem, path = storage.filesystem_and_path(storage.join(output, rel))
-                yield pq.read_table(path, filesystem=filesystem, columns=columns)
+    """Each committed file of table `name`, one at a time (a few read ahead), so that memory stays flat."""
+    files = [rel for marker in sorted(markers(output), key=lambda m: m["shard"]) for rel in marker["files"] if rel.startswith(f"{name}/")]
+    yield from read_tables([storage.join(output, rel) for rel in files], columns)

@@ -1,20 +1,34 @@
-"""The inputs of a run: a folder, prefix or manifest listed once, in sorted order, with manifest landmarks."""
+"""The inputs of a run, listed once into the output and cut into shards.
+
+Listing streams: a folder or s3:// prefix is walked page by page in the order of its full paths
+(S3's key order), a manifest is read a chunk of rows at a time in its own row order. The unique
+inputs go, in that order, into `<output>/_listing/inputs-NNNNN.parquet`, one row group per shard
+of `shard_size` inputs. Shard k is therefore the same inputs on every rerun, and a rerun reads
+this listing back instead of listing the source again. The driver holds one chunk at a time,
+plus, for manifests (where a URI may repeat), 10 bytes per unique input to drop repeats."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from codeformer_core import storage
 from jobs.cli import UsageError
 
 LANDMARKS_COLUMN = "landmarks"
 LISTING_CHUNK = 8192
+LISTING = "_listing"
+RECORD = f"{LISTING}/listing.json"
+SHARDS_PER_FILE = 64  # row groups of one listing file, so that reading one shard parses a small footer
+PROGRESS_SECONDS = 10.0
 
 
 def image_id(uri: str) -> str:
@@ -31,37 +45,172 @@ def parse_landmarks(value: object) -> list[list[float]] | None:
     return [[float(v) for v in np.asarray(face, dtype=np.float64).reshape(-1)] for face in faces]
 
 
-def list_inputs(source: str, uri_column: str | None, limit: int | None) -> pa.Table:
-    """`source_uri` and `image_id` (and `manifest_landmarks` when the manifest has them), each input
-    once, sorted, cut to --limit.
+@dataclass(frozen=True)
+class Listing:
+    """What a run's listing holds: its source and settings, and how many inputs it found."""
 
-    Arrow does the sorting and de-duplication (a sort, not a hash group-by, whose memory the driver
-    would keep), and the per-row Python work goes LISTING_CHUNK rows at a time, so that listing a
-    large corpus costs the driver little more than the table it returns."""
+    input: str
+    uri_column: str | None
+    limit: int | None
+    shard_size: int
+    rows: int
+    landmarks: bool  # the manifest has a landmarks column
+    missing_landmarks: int  # rows where that column is empty
+
+    @property
+    def shards(self) -> int:
+        return -(-self.rows // self.shard_size)
+
+    def shard_rows(self, shard: int) -> int:
+        return min(self.shard_size, self.rows - shard * self.shard_size)
+
+    def needs_detector(self, aligned: bool) -> bool:
+        """Whole images some of which have no manifest landmarks."""
+        return not aligned and (not self.landmarks or self.missing_landmarks > 0)
+
+
+def shard_location(output: str, shard: int) -> tuple[str, int]:
+    """The listing file that holds `shard`, and its row group there."""
+    return storage.join(output, LISTING, f"inputs-{shard // SHARDS_PER_FILE:05d}.parquet"), shard % SHARDS_PER_FILE
+
+
+def read_shard(output: str, shard: int) -> pa.Table:
+    uri, group = shard_location(output, shard)
+    filesystem, path = storage.filesystem_and_path(uri)
+    with filesystem.open_input_file(path) as f:
+        return pq.ParquetFile(f).read_row_group(group)
+
+
+def listing(output: str, source: str, uri_column: str | None, limit: int | None, shard_size: int) -> Listing:
+    """The listing `output` holds when it was made from the same source with the same settings;
+    otherwise the source is listed anew (refused when the output was made from another source)."""
+    record = storage.join(output, RECORD)
+    if storage.file_size(record) is not None:
+        earlier = Listing(**json.loads(storage.read_bytes(record)))
+        if (earlier.input, earlier.uri_column, earlier.shard_size) != (source, uri_column, shard_size):
+            raise UsageError(
+                f"{output} holds the output of --input {earlier.input} (--uri-column {earlier.uri_column}, --shard-size "
+                f"{earlier.shard_size}); use another --output, or the same input and settings to resume"
+            )
+        if earlier.limit == limit:
+            return earlier
+    storage.delete_dir(storage.join(output, LISTING))
+    made = make(output, source, uri_column, limit, shard_size)
+    storage.write_bytes(record, json.dumps(asdict(made), indent=1).encode())
+    return made
+
+
+def make(output: str, source: str, uri_column: str | None, limit: int | None, shard_size: int) -> Listing:
+    """List `source` into `output`'s listing files, streaming, each input once, at most `limit`."""
+    manifest = storage.is_manifest(source)
+    seen = SeenIds() if manifest else None
+    rows, missing, landmarks, shards = 0, 0, False, ShardWriter(output, shard_size)
+    last = time.monotonic()
     try:
-        if storage.is_manifest(source):
-            manifest = storage.read_manifest(source, uri_column)
-        else:
-            manifest = pa.table({"source_uri": pa.array(storage.list_images(source), pa.string())})
+        for chunk in chunks(source, uri_column):
+            ids = in_chunks(chunk.column("source_uri"), image_id, pa.string())
+            chunk = chunk.append_column("image_id", ids)
+            if seen is not None:
+                chunk = chunk.filter(pa.array(seen.first_seen(ids.to_pylist())))
+            if limit is not None:
+                chunk = chunk.slice(0, limit - rows)
+            if LANDMARKS_COLUMN in chunk.column_names:
+                landmarks = True
+                parsed = landmarks_of(chunk.column(LANDMARKS_COLUMN))
+                chunk = chunk.drop_columns([LANDMARKS_COLUMN]).append_column("manifest_landmarks", parsed)
+                missing += parsed.null_count
+            shards.add(chunk)
+            rows += chunk.num_rows
+            if time.monotonic() - last > PROGRESS_SECONDS:
+                print(f"listing {source}: {rows} inputs so far", file=sys.stderr)
+                last = time.monotonic()
+            if limit is not None and rows >= limit:
+                break
     except FileNotFoundError:
         raise UsageError(f"input {source} does not exist") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, pa.ArrowInvalid) as exc:
         raise UsageError(f"cannot read input {source}: {exc}") from None
-    if not manifest.num_rows:
-        raise UsageError(f"no images (jpg, jpeg, png, webp, bmp) found under {source}")
-    order = pc.sort_indices(manifest.column("source_uri"))  # a stable sort: a repeated URI's first row comes first
-    ordered = manifest.column("source_uri").take(order)
-    firsts = pa.concat_arrays([pa.array([True]), pc.not_equal(ordered[1:], ordered[:-1]).combine_chunks()])
-    rows = order.filter(firsts)[:limit]
-    uris = manifest.column("source_uri").take(rows)
-    inputs = pa.table({"source_uri": uris, "image_id": in_chunks(uris, image_id, pa.string())})
-    if LANDMARKS_COLUMN not in manifest.column_names:
-        return inputs
+    shards.close()
+    if not rows:
+        raise UsageError(f"no images ({', '.join(e.lstrip('.') for e in storage.IMAGE_EXTENSIONS)}) found under {source}")
+    return Listing(source, uri_column, limit, shard_size, rows, landmarks, missing)
+
+
+def landmarks_of(column: pa.ChunkedArray) -> pa.ChunkedArray:
     try:
-        faces = in_chunks(manifest.column(LANDMARKS_COLUMN).take(rows), parse_landmarks, pa.list_(pa.list_(pa.float64())))
+        return in_chunks(column, parse_landmarks, pa.list_(pa.list_(pa.float64())))
     except (ValueError, TypeError) as exc:
         raise UsageError(f"manifest column {LANDMARKS_COLUMN!r} must hold lists of 10 numbers per face: {exc}") from None
-    return inputs.append_column("manifest_landmarks", faces)
+
+
+def chunks(source: str, uri_column: str | None) -> Iterator[pa.Table]:
+    if storage.is_manifest(source):
+        yield from storage.iter_manifest(source, uri_column, LISTING_CHUNK, keep=(LANDMARKS_COLUMN,))
+    else:
+        for uris in storage.iter_images(source, LISTING_CHUNK):
+            yield pa.table({"source_uri": pa.array(uris, pa.string())})
+
+
+class ShardWriter:
+    """Rows in, listing files out: one row group per shard, SHARDS_PER_FILE shards per file."""
+
+    def __init__(self, output: str, shard_size: int) -> None:
+        self.output, self.shard_size = output, shard_size
+        self.pending: list[pa.Table] = []
+        self.buffered = 0
+        self.shards = 0
+        self.writer: pq.ParquetWriter | None = None
+
+    def add(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.buffered += table.num_rows
+        while self.buffered >= self.shard_size:
+            self.flush(self.shard_size)
+
+    def close(self) -> None:
+        if self.buffered:
+            self.flush(self.buffered)
+        if self.writer is not None:
+            self.writer.close()
+
+    def flush(self, rows: int) -> None:
+        rest = pa.concat_tables(self.pending)
+        shard, self.pending, self.buffered = rest.slice(0, rows), [rest.slice(rows)], rest.num_rows - rows
+        if self.shards % SHARDS_PER_FILE == 0:
+            if self.writer is not None:
+                self.writer.close()
+            uri, _ = shard_location(self.output, self.shards)
+            filesystem, path = storage.filesystem_and_path(uri)
+            filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            self.writer = pq.ParquetWriter(path, shard.schema, filesystem=filesystem)
+        self.writer.write_table(shard, row_group_size=rows)
+        self.shards += 1
+
+
+RUN_IDS = 1 << 20  # sorted runs stop merging at this size: a merge's transient copy stays at 20 MiB
+
+
+class SeenIds:
+    """An exact set of image ids, 10 bytes each, kept as sorted runs merged like a binary counter
+    up to RUN_IDS ids a run, so that adding n ids costs O(n log n) and no Python object per id."""
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []
+
+    def first_seen(self, ids: list[str]) -> np.ndarray:
+        """For each id, whether it is new: not added before, and its first occurrence in `ids`."""
+        keys = np.array([bytes.fromhex(i) for i in ids], dtype="S10")
+        new = np.zeros(len(keys), bool)
+        new[np.unique(keys, return_index=True)[1]] = True
+        for run in self.runs:
+            at = np.minimum(np.searchsorted(run, keys), len(run) - 1)
+            new &= run[at] != keys
+        self.runs.append(np.sort(keys[new]))
+        while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]) and len(self.runs[-2]) + len(self.runs[-1]) <= RUN_IDS:
+            merged = np.concatenate(self.runs[-2:])
+            merged.sort()
+            self.runs[-2:] = [merged]
+        return new
 
 
 def in_chunks(values: pa.ChunkedArray, fn: Callable[[object], object], type: pa.DataType) -> pa.ChunkedArray:
@@ -69,12 +218,3 @@ def in_chunks(values: pa.ChunkedArray, fn: Callable[[object], object], type: pa.
     return pa.chunked_array(
         [pa.array([fn(v) for v in values.slice(i, LISTING_CHUNK).to_pylist()], type) for i in range(0, len(values), LISTING_CHUNK)], type
     )
-
-
-def needs_detector(aligned: bool, inputs: pa.Table) -> bool:
-    """Whole images some of which have no manifest landmarks."""
-    if aligned:
-        return False
-    if "manifest_landmarks" not in inputs.column_names:
-        return True
-    return inputs.column("manifest_landmarks").null_count > 0

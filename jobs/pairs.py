@@ -85,7 +85,7 @@ def stages(common: Common, cfg: PairsConfig, ctx: Context) -> list[Stage]:
     return found + [stage(write_pairs, output=common.output, run=ctx.record)]
 
 
-def finish(common: Common, cfg: PairsConfig) -> list[str]:
+def finish(common: Common, cfg: PairsConfig, changed: bool) -> list[str]:
     return [f"preset {cfg.preset.name}, seed {cfg.seed}"]
 
 

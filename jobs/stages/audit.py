@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import Counter
@@ -79,7 +80,11 @@ def face_rows(batch: Batch, rules: tuple[Rule, ...]) -> list[dict]:
 
 
 def write_audit(batch: Batch, output: str, run: dict, rules: tuple[Rule, ...]) -> Batch:
-    """This batch's images/ and faces/ rows, as one committed part."""
+    """This batch's images/ and faces/ rows, staged for the commit of their shards."""
+    return ledger.stage(batch, output, "faces", functools.partial(audit_tables, run=run, rules=rules))
+
+
+def audit_tables(batch: Batch, run: dict, rules: tuple[Rule, ...]) -> tuple[ledger.Tables, ledger.Files]:
     faces = face_rows(batch, rules)
     kept = Counter(r["image_id"] for r in faces if r["keep"])
     images = ledger.images_table(
@@ -89,4 +94,4 @@ def write_audit(batch: Batch, output: str, run: dict, rules: tuple[Rule, ...]) -
         code_version=[run["code_version"]] * len(batch["image_id"]),
     )
     tables = {"images": images, "faces": pa.Table.from_pylist(faces, schema=schemas.audit_faces.SCHEMA)}
-    return ledger.commit(batch, output, tables, len(faces))
+    return tables, {}

@@ -12,11 +12,6 @@ from codeformer_core.statuses import BAD_LANDMARKS, DETECT_ERROR, NO_FACE, OK, R
 from jobs.stages.batches import Batch, clean, image_of, short_error, statuses, table
 
 
-def take_inputs(batch: Batch, inputs: pa.Table, batch_size: int) -> pa.Table:
-    """The rows of `inputs` in the blocks numbered in `batch["id"]`, `batch_size` rows each."""
-    return pa.concat_tables([inputs.slice(int(i) * batch_size, batch_size) for i in batch["id"]])
-
-
 def read_images(batch: Batch) -> pa.Table:
     data, status, error = [], [], []
     for uri in batch["source_uri"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io as stdio
 import json
 import tarfile
@@ -102,7 +103,11 @@ def shard(rows: list[dict]) -> bytes:
 
 
 def write_pairs(batch: Batch, output: str, run: dict) -> Batch:
-    """This batch's images/ and pairs/ rows (and a webdataset shard), as one committed part."""
+    """This batch's images/ and pairs/ rows (and webdataset samples), staged for the commit of their shards."""
+    return ledger.stage(batch, output, "pairs", functools.partial(pair_tables, run=run))
+
+
+def pair_tables(batch: Batch, run: dict) -> tuple[ledger.Tables, ledger.Files]:
     n = len(batch["image_id"])
     rows = pair_rows(batch, run)
     images = ledger.images_table(
@@ -114,6 +119,4 @@ def write_pairs(batch: Batch, output: str, run: dict) -> Batch:
         code_version=[run["code_version"]] * n,
     )
     tables = {"images": images, "pairs": pa.Table.from_pylist(rows, schema=schemas.pairs.SCHEMA)}
-    part = ledger.part_name([str(i) for i in batch["image_id"]])
-    files = {f"shards/{part}.tar": shard(rows)} if run["format"] == "webdataset" and rows else None
-    return ledger.commit(batch, output, tables, len(rows), files)
+    return tables, ({"shards": shard(rows)} if run["format"] == "webdataset" and rows else {})

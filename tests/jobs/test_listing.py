@@ -1,4 +1,6 @@
-"""Listing the inputs of a job from a manifest, without Ray."""
+"""Listing the inputs of a job into shards, streaming, without Ray."""
+
+import random
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -7,7 +9,11 @@ import pytest
 from jobs import listing
 
 
-def test_manifest_inputs_are_sorted_once_each_with_the_first_rows_landmarks(tmp_path):
+def shards(out, made):
+    return [listing.read_shard(str(out), k).to_pylist() for k in range(made.shards)]
+
+
+def test_manifest_inputs_keep_row_order_once_each_with_the_first_rows_landmarks(tmp_path):
     face = [float(v) for v in range(10)]
     manifest = tmp_path / "m.parquet"
     pq.write_table(
@@ -16,14 +22,47 @@ def test_manifest_inputs_are_sorted_once_each_with_the_first_rows_landmarks(tmp_
             "landmarks": [[face], None, [face, face], [[0.0] * 10], None],
         }),
         manifest,
+        row_group_size=2,
     )
 
-    inputs = listing.list_inputs(str(manifest), None, None)
+    made = listing.listing(str(tmp_path / "out"), str(manifest), None, None, 2)
 
-    assert inputs.column("source_uri").to_pylist() == [str(tmp_path / n) for n in ("a.png", "b.png", "c.png")]
-    assert inputs.column("manifest_landmarks").to_pylist() == [None, [face, face], [face]]
-    assert inputs.column("image_id").to_pylist() == [listing.image_id(u) for u in inputs.column("source_uri").to_pylist()]
-    assert listing.list_inputs(str(manifest), None, 2).column("source_uri").to_pylist() == [str(tmp_path / n) for n in ("a.png", "b.png")]
+    rows = [r for shard in shards(tmp_path / "out", made) for r in shard]
+    assert [r["source_uri"] for r in rows] == [str(tmp_path / n) for n in ("c.png", "a.png", "b.png")]
+    assert [r["manifest_landmarks"] for r in rows] == [[face], None, [face, face]]
+    assert [r["image_id"] for r in rows] == [listing.image_id(r["source_uri"]) for r in rows]
+    assert (made.rows, made.shards, made.shard_rows(1), made.missing_landmarks) == (3, 2, 1, 1)
+    assert made.needs_detector(aligned=False) and not made.needs_detector(aligned=True)
+    limited = listing.listing(str(tmp_path / "out"), str(manifest), None, 2, 2)
+    assert [r["source_uri"] for r in shards(tmp_path / "out", limited)[0]] == [str(tmp_path / n) for n in ("c.png", "a.png")]
+
+
+def test_a_folder_is_listed_in_the_order_of_full_paths_and_read_back_on_a_rerun(tmp_path):
+    (tmp_path / "in" / "b").mkdir(parents=True)
+    for name in ("a.jpg", "b-c.PNG", "b/x.webp", "b/notes.txt", "z.bmp"):
+        (tmp_path / "in" / name).write_bytes(b"x")
+    out = tmp_path / "out"
+
+    made = listing.listing(str(out), str(tmp_path / "in"), None, None, 3)
+    (tmp_path / "in" / "new.jpg").write_bytes(b"x")
+    again = listing.listing(str(out), str(tmp_path / "in"), None, None, 3)
+
+    expected = sorted(str(tmp_path / "in" / n) for n in ("a.jpg", "b-c.PNG", "b/x.webp", "z.bmp"))
+    assert [r["source_uri"] for shard in shards(out, made) for r in shard] == expected
+    assert again == made  # the listing is taken once per output
+    with pytest.raises(listing.UsageError, match="--shard-size 3"):
+        listing.listing(str(out), str(tmp_path / "in"), None, None, 4)
+
+
+def test_seen_ids_keep_exactly_the_first_of_each():
+    rng = random.Random(0)
+    ids = [listing.image_id(str(rng.randrange(3000))) for _ in range(12000)]
+    seen = listing.SeenIds()
+
+    kept = [i for start in range(0, len(ids), 700) for i, new in zip(ids[start : start + 700], seen.first_seen(ids[start : start + 700])) if new]
+
+    assert kept == list(dict.fromkeys(ids))
+    assert len(seen.runs) < 12
 
 
 def test_an_empty_manifest_is_a_usage_error(tmp_path):
@@ -31,4 +70,4 @@ def test_an_empty_manifest_is_a_usage_error(tmp_path):
     pq.write_table(pa.table({"uri": pa.array([], pa.string())}), manifest)
 
     with pytest.raises(listing.UsageError, match="no images"):
-        listing.list_inputs(str(manifest), None, None)
+        listing.listing(str(tmp_path / "out"), str(manifest), None, None, 10)

@@ -1,15 +1,15 @@
-"""The jobs write the same rows and the same image bytes as the commit before the one-pipeline change.
+"""The jobs write the same rows and the same image bytes as the commit before the shards change.
 
-tests/data/outputs_before_pipeline.json was recorded on that commit (93b5c29) by running this
-module with RECORD_OUTPUTS=1. Every table's rows are compared: strings, integers and
-image digests exactly, floats to 1e-6 (the metrics are sums in torch, whose order may follow the
-thread count). Inputs live on moto S3 under fixed URIs, so image ids and paths are the same in
-every run.
+tests/data/outputs_before_shards.json was recorded on that commit (dd28402, the one-pipeline
+code) by running this module there with RECORD_OUTPUTS=1, with opencv-python 5.1.0.95 on the
+dev CPU. OpenCV's warps and resizes differ in the last bits between its releases and CPUs, so
+the record is made again, on the commit before the change it guards, when the pinned OpenCV
+changes. Every table's rows are compared: strings, integers and image digests exactly, floats to
+1e-6 (the metrics are sums in torch, whose order may follow the thread count). Inputs live on
+moto S3 under fixed URIs, so image ids and paths are the same in every run.
 
-Intended differences: none in rows or bytes. Restore's default `--metrics` stays all seven
-no-reference metrics plus identity, as before; `--metrics none` and `--no-identity` are new and
-tested in test_restore_job. One flag was renamed: the pairs job's `--synthetic-detector` is now the
-`--synthetic-weights` every job shares, so the recorded pairs_webdataset run is given that flag.
+Intended differences: none in rows or bytes; only the file names (shard files, not parts) and
+how WebDataset samples are grouped into tars, which this comparison does not see.
 """
 
 import hashlib
@@ -29,7 +29,7 @@ from codeformer_core.samples import synthetic_face
 from tests.jobs.conftest import job_env, run_job, s3_client
 
 BUCKET = "unchanged"
-RECORD = Path(__file__).resolve().parents[1] / "data" / "outputs_before_pipeline.json"
+RECORD = Path(__file__).resolve().parents[1] / "data" / "outputs_before_shards.json"
 TABLES = ("images", "faces", "pasted", "pairs")
 
 

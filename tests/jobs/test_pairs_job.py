@@ -4,6 +4,7 @@ import io
 import json
 import os
 import tarfile
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -25,7 +26,7 @@ PAIRS = 2
 
 @pytest.fixture(scope="module")
 def runs(s3_env, tmp_path_factory):
-    """One run on S3 (1 worker, batch 8, webdataset), one local (2 workers, batch 1, three windows), and a rerun of the first."""
+    """One run on S3 (1 worker, batch 8, webdataset), one local (2 workers, batch 1, shards of 3), and a rerun of the first."""
     client = s3_client(s3_env)
     client.create_bucket(Bucket="pairs")
     for i in range(FACES):
@@ -38,7 +39,7 @@ def runs(s3_env, tmp_path_factory):
     results, logs = {}, {}
     for name, output, extra in (
         ("s3", "s3://pairs/out", ["--workers", "1", "--batch-size", "8", "--format", "webdataset"]),
-        ("local", str(tmp / "local"), ["--workers", "2", "--batch-size", "1", "--window", "3"]),
+        ("local", str(tmp / "local"), ["--workers", "2", "--batch-size", "1", "--shard-size", "3"]),
         ("again", str(tmp / "again"), ["--workers", "1", "--batch-size", "8"]),
     ):
         result = run_job("jobs.pairs", [*common, "--output", output, *extra], env)
@@ -75,8 +76,10 @@ def test_tables_match_their_schemas(runs):
             assert matches(pq.read_schema(uri.removeprefix("s3://"), filesystem=filesystem), schema), uri
 
 
-def test_pairs_are_identical_on_other_worker_counts_batch_sizes_windows_and_reruns(runs):
-    assert "window 3/3: inputs 1;" in runs["logs"]["local"] and "window 1/1: inputs 7;" in runs["logs"]["s3"]
+def test_pairs_are_identical_on_other_worker_counts_batch_sizes_shards_and_reruns(runs):
+    assert "7 inputs in 3 shards" in runs["logs"]["local"] and "7 inputs in 1 shards" in runs["logs"]["s3"]
+    local = Path(runs["outputs"]["local"])
+    assert sorted(p.name for p in (local / "images").iterdir()) == [f"shard-0000000{k}-000.parquet" for k in range(3)]
     tables = {name: load(out, "pairs", runs["env"]).sort_values("key").reset_index(drop=True) for name, out in runs["outputs"].items()}
     reference = tables["s3"]
     for name in ("local", "again"):

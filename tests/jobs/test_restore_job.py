@@ -228,17 +228,17 @@ def test_killed_job_resumes_without_loss_or_duplicates(tmp_path):
     (inputs / "broken.jpg").write_bytes(b"\xff\xd8 broken")
     out = tmp_path / "out"
     args = [sys.executable, "-m", "jobs.restore", "--input", str(inputs), "--output", str(out), "--aligned",
-            "--synthetic-weights", "--batch-size", "1"]
+            "--synthetic-weights", "--batch-size", "1", "--shard-size", "1"]
     env = job_env(tmp_path)
 
     log = tmp_path / "killed_run.log"
     with open(log, "w") as sink:
         driver = subprocess.Popen(args, cwd=ROOT, env=env, stdout=sink, stderr=sink, start_new_session=True)
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and len(glob.glob(str(out / "_commits" / "*.json"))) < 2:
+    while time.monotonic() < deadline and len(glob.glob(str(out / "_shards" / "*.json"))) < 2:
         assert driver.poll() is None, f"the job ended before it was killed:\n{log.read_text()[-3000:]}"
         time.sleep(0.5)
-    committed_before_kill = len(glob.glob(str(out / "_commits" / "*.json")))
+    committed_before_kill = len(glob.glob(str(out / "_shards" / "*.json")))
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     kill_leftovers(driver.pid)
@@ -253,8 +253,10 @@ def test_killed_job_resumes_without_loss_or_duplicates(tmp_path):
     assert sorted(images.source_uri) == sorted(str(p) for p in inputs.iterdir())
     assert images.image_id.is_unique and faces.image_id.is_unique
     assert len(faces) == 4 and set(faces.image_id) == set(images[images.status == "ok"].image_id)
-    records = [json.loads(p.read_text()) for p in (out / "_commits").iterdir()]
-    assert sorted(i for r in records for i in r["image_ids"]) == sorted(images.image_id)
+    markers = [json.loads(p.read_text()) for p in (out / "_shards").iterdir()]
+    assert sum(m["inputs"] for m in markers) == len(images) and sorted(f for m in markers for f in m["files"]) == sorted(
+        f"{t}/{p.name}" for t in ("images", "faces") for p in (out / t).iterdir()
+    )
 
 
 def kill_leftovers(pgid: int) -> None:

@@ -25,7 +25,7 @@ def test_shared_flags_have_one_name_default_and_help():
     assert shared > 6 * 20  # every pair of jobs shares the common flags, at least
 
 
-@pytest.mark.parametrize("option", ["--workers", "--batch-size", "--synthetic-weights", "--device", "--window", "--threads-per-worker"])
+@pytest.mark.parametrize("option", ["--workers", "--batch-size", "--synthetic-weights", "--device", "--shard-size", "--shared-output", "--threads-per-worker"])
 def test_the_flags_every_job_needs_are_in_every_job(option):
     assert all(option in flags(job) for job in JOBS.values())
 

@@ -31,13 +31,6 @@ def test_decode_stage_keeps_every_row_and_explains_failures():
     assert "data" not in out
 
 
-def test_source_stage_gives_the_numbered_blocks_of_the_inputs():
-    inputs = pa.table({"source_uri": [f"{i}.png" for i in range(7)], "image_id": [str(i) for i in range(7)]})
-
-    assert front.take_inputs({"id": np.array([1])}, inputs, batch_size=3).to_pydict() == {"source_uri": ["3.png", "4.png", "5.png"], "image_id": ["3", "4", "5"]}
-    assert front.take_inputs({"id": np.array([2, 0])}, inputs, batch_size=3).column("image_id").to_pylist() == ["6", "0", "1", "2"]
-
-
 def test_read_stage_turns_missing_files_into_rows(tmp_path):
     (tmp_path / "a.png").write_bytes(b"abc")
     batch = {"source_uri": np.array([str(tmp_path / "a.png"), str(tmp_path / "gone.png")]), "image_id": np.array(["1", "2"])}

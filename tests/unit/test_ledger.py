@@ -1,61 +1,127 @@
-"""Commit records: what counts as done, and what a crash leaves behind."""
+"""Shards: staged pieces, one commit each, what a rerun counts as done, and what a crash leaves behind."""
 
+import io
 import json
+import tarfile
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from jobs import ledger
+from jobs.listing import Listing
 
 RUN = {"job": "restore", "fidelity": 0.5}
+TABLES = ("images", "faces", "shards")
 
 
-def table(ids):
-    return pa.table({"image_id": ids})
+def listing(rows: int, shard_size: int) -> Listing:
+    return Listing("in", None, None, shard_size, rows, False, 0)
 
 
-def test_committed_parts_are_done_and_counted(tmp_path):
+def batch(shard: int, positions: list[int], statuses: list[str]) -> dict:
+    return {
+        "shard": np.array([shard] * len(positions)),
+        "position": np.array(positions),
+        "image_id": np.array([f"{shard}-{p}" for p in positions], dtype=object),
+        "status": np.array(statuses, dtype=object),
+    }
+
+
+def tables(b: dict) -> tuple[dict, dict]:
+    ids = [str(i) for i in b["image_id"]]
+    faces = [i for i, s in zip(ids, b["status"]) if s == "ok"]
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w") as t:
+        for i in faces:
+            info = tarfile.TarInfo(f"{i}.json")
+            info.size = 2
+            t.addfile(info, io.BytesIO(b"{}"))
+    return {"images": pa.table({"image_id": ids}), "faces": pa.table({"image_id": faces})}, {"shards": tar.getvalue()}
+
+
+def commit(out: str, staged: list[dict], shard: int) -> dict:
+    pieces = [(int(r["first"][k]), json.loads(r["written"][k])) for r in staged for k in range(len(r["shard"])) if r["shard"][k] == shard]
+    inputs = sum(int(r["inputs"][k]) for r in staged for k in range(len(r["shard"])) if r["shard"][k] == shard)
+    items = sum(int(r["items"][k]) for r in staged for k in range(len(r["shard"])) if r["shard"][k] == shard)
+    return ledger.commit_shard(out, shard, pieces, inputs, {"ok": items}, items)
+
+
+def test_pieces_merge_into_one_file_per_table_in_input_order_and_a_marker(tmp_path):
     out = str(tmp_path)
-    ledger.prepare(out, RUN, ("images", "faces"))
-    ledger.write_part(out, "part-a", {"images": table(["1", "2"]), "faces": table(["1"])}, ["1", "2"], {"ok": 1, "empty": 1}, 1)
-    ledger.write_part(out, "part-b", {"images": table(["3"]), "faces": table([])}, ["3"], {"ok": 1}, 0)
+    mixed = {k: np.concatenate([batch(0, [2, 3], ["ok", "empty"])[k], batch(1, [0], ["ok"])[k]]) for k in ("shard", "position", "image_id", "status")}
+    staged = [ledger.stage(mixed, out, "faces", tables), ledger.stage(batch(0, [0, 1], ["ok", "ok"]), out, "faces", tables)]
 
-    resume = ledger.prepare(out, RUN, ("images", "faces"))
+    assert sorted(zip(staged[0]["shard"], staged[0]["first"], staged[0]["inputs"])) == [(0, 2, 2), (1, 0, 1)]
+    marker = commit(out, staged, 0)
 
-    assert resume.done_ids == {"1", "2", "3"}
-    assert resume.statuses == {"ok": 2, "empty": 1} and resume.items == 1
-    assert not (tmp_path / "faces" / "part-b.parquet").exists()  # empty tables are not written
+    assert marker["files"] == ["faces/shard-00000000-000.parquet", "images/shard-00000000-000.parquet", "shards/shard-00000000-000.tar"]
+    assert pq.read_table(tmp_path / "images").column("image_id").to_pylist() == ["0-0", "0-1", "0-2", "0-3"]
+    assert pq.read_table(tmp_path / "faces").column("image_id").to_pylist() == ["0-0", "0-1", "0-2"]
+    with tarfile.open(tmp_path / "shards" / "shard-00000000-000.tar") as t:
+        assert t.getnames() == ["0-0.json", "0-1.json", "0-2.json"]
+    assert not (tmp_path / ledger.STAGING / "shard-00000000").exists()
+    assert (tmp_path / ledger.STAGING / "shard-00000001").exists()  # another shard's piece waits for its commit
+    assert json.loads((tmp_path / ledger.MARKERS / "shard-00000000.json").read_text())["inputs"] == 4
 
 
-def test_parts_without_commit_are_removed(tmp_path):
+def test_a_commit_done_twice_gives_the_same_files(tmp_path):
     out = str(tmp_path)
-    ledger.prepare(out, RUN, ("images", "faces"))
-    ledger.write_part(out, "part-a", {"images": table(["1"]), "faces": table(["1"])}, ["1"], {"ok": 1}, 1)
-    (tmp_path / "faces").mkdir(exist_ok=True)
-    pq.write_table(table(["9"]), tmp_path / "faces" / "part-crashed.parquet")
+    staged = [ledger.stage(batch(0, [0, 1], ["ok", "ok"]), out, "faces", tables)]
+    pieces = [(int(staged[0]["first"][0]), json.loads(staged[0]["written"][0]))]
+    first = ledger.commit_shard(out, 0, pieces, 2, {"ok": 2}, 2)
+    ledger.stage(batch(0, [0, 1], ["ok", "ok"]), out, "faces", tables)  # Ray re-ran the write
 
-    resume = ledger.prepare(out, RUN, ("images", "faces"))
+    again = ledger.commit_shard(out, 0, pieces, 2, {"ok": 2}, 2)
 
-    assert resume.orphans_removed == 1 and resume.done_ids == {"1"}
-    assert sorted(p.name for p in (tmp_path / "faces").iterdir()) == ["part-a.parquet"]
+    assert first == again
+    assert pq.read_table(tmp_path / "images").num_rows == 2
 
 
-def test_commit_whose_files_are_gone_is_not_done(tmp_path):
+def test_large_shards_are_cut_into_files_of_the_file_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(ledger, "FILE_BYTES", 1)
     out = str(tmp_path)
-    ledger.prepare(out, RUN, ("images", "faces"))
-    ledger.write_part(out, "part-a", {"images": table(["1"]), "faces": table(["1"])}, ["1"], {"ok": 1}, 1)
-    (tmp_path / "faces" / "part-a.parquet").unlink()
+    staged = [ledger.stage(batch(0, [p], ["ok"]), out, "faces", tables) for p in range(3)]
 
-    resume = ledger.prepare(out, RUN, ("images", "faces"))
+    marker = commit(out, staged, 0)
 
-    assert resume.done_ids == frozenset()
-    assert not list((tmp_path / "images").iterdir()) and not list((tmp_path / ledger.COMMITS).iterdir())
+    assert [f for f in marker["files"] if f.startswith("images/")] == [f"images/shard-00000000-00{i}.parquet" for i in range(3)]
 
 
-def test_other_settings_are_refused(tmp_path):
-    ledger.prepare(str(tmp_path), RUN, ("images",))
+def test_a_rerun_counts_committed_shards_and_removes_the_rest(tmp_path):
+    out = str(tmp_path)
+    ledger.prepare(out, RUN, TABLES, listing(5, 2))
+    commit(out, [ledger.stage(batch(0, [0, 1], ["ok", "ok"]), out, "faces", tables)], 0)
+    commit(out, [ledger.stage(batch(2, [0], ["ok"]), out, "faces", tables)], 2)
+    ledger.stage(batch(1, [0], ["ok"]), out, "faces", tables)  # shard 1 was not finished
+    pq.write_table(pa.table({"image_id": ["x"]}), tmp_path / "images" / "shard-00000001-000.parquet")  # a commit cut short
+
+    resume = ledger.prepare(out, RUN, TABLES, listing(5, 2))
+
+    assert resume.done == {0, 2} and resume.inputs == 3 and resume.items == 3 and resume.statuses == {"ok": 3}
+    assert resume.removed == 1 and not (tmp_path / ledger.STAGING).exists()
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["shard-00000000-000.parquet", "shard-00000002-000.parquet"]
+
+
+def test_a_shard_committed_under_a_smaller_limit_is_redone(tmp_path):
+    out = str(tmp_path)
+    ledger.prepare(out, RUN, TABLES, listing(3, 2))
+    commit(out, [ledger.stage(batch(1, [0], ["ok"]), out, "faces", tables)], 1)
+
+    resume = ledger.prepare(out, RUN, TABLES, listing(4, 2))
+
+    assert resume.done == frozenset() and not list((tmp_path / "images").iterdir())
+
+
+def test_other_settings_and_the_old_layout_are_refused(tmp_path):
+    ledger.prepare(str(tmp_path), RUN, TABLES, listing(1, 1))
 
     with pytest.raises(ledger.OutputMismatchError, match="fidelity: 0.5 before, 0.7 now"):
-        ledger.prepare(str(tmp_path), {**RUN, "fidelity": 0.7}, ("images",))
+        ledger.prepare(str(tmp_path), {**RUN, "fidelity": 0.7}, TABLES, listing(1, 1))
     assert json.loads((tmp_path / ledger.RUN_RECORD).read_text()) == RUN
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / ledger.OLD_LAYOUT).mkdir()
+    (tmp_path / "old" / ledger.OLD_LAYOUT / "part-a.json").write_text("{}")
+    with pytest.raises(ledger.OutputMismatchError, match="earlier version"):
+        ledger.prepare(str(tmp_path / "old"), RUN, TABLES, listing(1, 1))

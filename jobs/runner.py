@@ -1,0 +1,201 @@
+"""Running a job's shards through Ray Data, committing each shard once all of it has come out.
+
+The process that drives a Ray Data run keeps memory for every block the run has made until the
+run ends (ray-project/ray#66016, and native memory of Ray's core worker that outlives the run).
+So the run goes in a Ray task of its own (`run_shards`), whose worker exits after it, and that
+task ends its run early once it has grown by RUN_MEMORY_MIB, handing the shards not yet committed
+to a new run. At a few KiB per block that is millions of inputs per run: the actors start once
+for nearly every job, and the driver stays the same size however many inputs there are. A run
+whose worker dies (its node lost, a kill) is started again for the shards not yet committed."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+from ray.data import Datasource, ReadTask
+from ray.data.block import BlockMetadata
+
+from jobs import ledger, listing
+from jobs.memory import memory_mib, release_freed_memory, reset_peak_memory
+from jobs.resources import TASK_CPUS
+
+PROGRESS_SECONDS = 1.0
+RUN_MEMORY_MIB = 2048  # a run's worker grown by this much ends its run; a new one takes the rest
+RUN_ATTEMPTS = 3  # runs in a row that may fail before the job stops
+COMMIT_RETRIES = 3
+
+
+class RunFailedError(Exception):
+    """The run failed RUN_ATTEMPTS times in a row; the message is for the user as it is."""
+
+
+class OutputTakenError(Exception):
+    """Another job took the output's lock over while this one ran."""
+
+
+class ShardSource(Datasource):
+    """One read task per shard, reading its row group of the listing. `read_datasource` is asked for
+    one block per batch, so Ray Data splits each shard into blocks of about a batch (its `position`
+    column keeps each row's place in the shard); read tasks ask for TASK_CPUS, as a whole CPU
+    would not fit beside the actor pools on small nodes."""
+
+    def __init__(self, output: str, shards: dict[int, int]) -> None:
+        self.output = output
+        self.shards = shards
+
+    def estimate_inmemory_data_size(self) -> None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
+        return [
+            ReadTask(functools.partial(read_shard, self.output, shard), BlockMetadata(num_rows=rows, size_bytes=None, exec_stats=None, input_files=None))
+            for shard, rows in self.shards.items()
+        ]
+
+
+def read_shard(output: str, shard: int) -> list[pa.Table]:
+    table = listing.read_shard(output, shard)
+    n = table.num_rows
+    return [table.append_column("shard", pa.array(np.full(n, shard), pa.int64())).append_column("position", pa.array(np.arange(n), pa.int64()))]
+
+
+def source(output: str, shards: dict[int, int], batch_size: int):
+    import ray
+
+    blocks = sum(-(-rows // batch_size) for rows in shards.values())
+    return ray.data.read_datasource(ShardSource(output, shards), override_num_blocks=blocks, num_cpus=TASK_CPUS)
+
+
+def quiet_ray_data() -> None:
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+@dataclass
+class OpenShard:
+    pieces: dict[int, list[str]] = field(default_factory=dict)  # first input -> staged files
+    inputs: int = 0
+    items: int = 0
+    statuses: Counter = field(default_factory=Counter)
+
+
+def run_shards(plan: Callable[[dict[int, int]], object], shards: dict[int, int], output: str) -> Iterator[dict]:
+    """Run `plan` of `shards` (shard -> inputs) to its end in this process, committing each shard
+    once its pieces hold all its inputs; yield, at most every PROGRESS_SECONDS, the inputs that came
+    out and the shards committed, and at the end this process's memory when the run started and at
+    its peak. A Ray worker may have run other tasks before this one."""
+    import ray
+
+    quiet_ray_data()
+    reset_peak_memory()
+    start_mib = memory_mib("VmRSS")
+    commit = ray.remote(num_cpus=TASK_CPUS, max_retries=COMMIT_RETRIES, retry_exceptions=True)(ledger.commit_shard)
+    open_shards: dict[int, OpenShard] = {}
+    committing: dict = {}
+    update: dict = {"processed": 0, "committed": []}
+    last, recycled = time.monotonic(), False
+    for batch in plan(shards).iter_batches(batch_size=None, batch_format="numpy"):
+        for shard, first, inputs, items, statuses, written in zip(*(batch[k] for k in ("shard", "first", "inputs", "items", "statuses", "written"))):
+            shard, first = int(shard), int(first)
+            state = open_shards.setdefault(shard, OpenShard())
+            if first in state.pieces:  # a piece comes out once; this guards the count if it ever came twice
+                continue
+            state.pieces[first] = json.loads(written)
+            state.inputs += int(inputs)
+            state.items += int(items)
+            state.statuses.update(json.loads(statuses))
+            update["processed"] += int(inputs)
+            if state.inputs == shards[shard]:
+                args = (output, shard, sorted(state.pieces.items()), state.inputs, dict(state.statuses), state.items)
+                committing[commit.remote(*args)] = shard
+                del open_shards[shard]
+        update["committed"] += collect(committing, wait=False)
+        if time.monotonic() - last >= PROGRESS_SECONDS:
+            yield update
+            update, last = {"processed": 0, "committed": []}, time.monotonic()
+        if memory_mib("VmRSS") - start_mib > RUN_MEMORY_MIB:
+            recycled = True
+            break
+    update["committed"] += collect(committing, wait=True)
+    yield {**update, "start_mib": start_mib, "peak_mib": memory_mib("VmHWM"), "recycled": recycled}
+
+
+def collect(committing: dict, wait: bool) -> list[dict]:
+    """The markers of the commits that have finished (all of them with `wait`)."""
+    import ray
+
+    if not committing:
+        return []
+    ready, _ = ray.wait(list(committing), num_returns=len(committing), timeout=None if wait else 0)
+    markers = ray.get(ready)
+    for ref in ready:
+        del committing[ref]
+    return [{k: m[k] for k in ("shard", "inputs", "statuses", "items")} for m in markers]
+
+
+@dataclass
+class Totals:
+    inputs: int = 0
+    items: int = 0
+    statuses: Counter = field(default_factory=Counter)
+
+    def add(self, marker: dict) -> None:
+        self.inputs += marker["inputs"]
+        self.items += marker["items"]
+        self.statuses.update(marker["statuses"])
+
+
+def drive(plan: Callable[[dict[int, int]], object], shards: dict[int, int], output: str, desc: str, unit: str, lost: Callable[[], bool], done: Totals) -> None:
+    """Run every shard, in as few runs as memory allows, with one progress bar, adding what is
+    committed to `done`; start a failed run again for the shards not yet committed, RUN_ATTEMPTS
+    times in a row at most."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from tqdm import tqdm
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)  # a worker node lost leaves the run alive
+    runner = ray.remote(num_cpus=0, max_calls=1, max_retries=0)(run_shards).options(scheduling_strategy=here)
+    pending = dict(shards)
+    failures, runs, start = 0, 0, time.monotonic()
+    with tqdm(total=sum(shards.values()), unit="img", desc=desc, file=sys.stderr) as bar:
+        while pending:
+            runs += 1
+            try:
+                for ref in runner.remote(plan, dict(pending), output):
+                    update = ray.get(ref)
+                    bar.update(update["processed"])
+                    for marker in update["committed"]:
+                        del pending[marker["shard"]]
+                        done.add(marker)
+                    bar.set_postfix({unit: done.items, "committed": done.inputs, f"{unit}_per_s": f"{done.items / max(time.monotonic() - start, 1e-9):.3f}"})
+                    if lost():
+                        raise OutputTakenError(f"another job took over {output} while this one ran; what this one committed is kept")
+                grown = update["peak_mib"] - update["start_mib"]
+                bar.write(f"run {runs}: {len(shards) - len(pending)} of {len(shards)} shards committed; its Ray worker grew by {grown:.0f} MiB, to {update['peak_mib']:.0f} MiB", file=sys.stderr)
+                if not pending or update["recycled"]:
+                    failures = 0
+                    continue
+                reason = "it ended with shards whose inputs did not all come out"
+            except ray.exceptions.RayError as exc:
+                reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+            if pending:
+                failures += 1
+                if failures >= RUN_ATTEMPTS:
+                    raise RunFailedError(f"the run failed {failures} times in a row ({reason}); {len(pending)} shards are not committed: run the same command again") from None
+                bar.write(f"run {runs} stopped ({reason}); a new run takes the {len(pending)} shards not yet committed", file=sys.stderr)
+                bar.n = done.inputs
+                bar.refresh()
+    release_freed_memory()
