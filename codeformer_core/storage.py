@@ -6,8 +6,11 @@ S3-compatible endpoint is taken from `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +28,12 @@ def is_s3(uri: str) -> bool:
 def s3_filesystem() -> pafs.S3FileSystem:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return _s3_filesystem(endpoint, region)
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_filesystem(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
+    """One client per endpoint and region, so that thousands of small reads share its connections."""
     kwargs: dict[str, object] = {
         "connect_timeout": 10,
         "request_timeout": 60,
@@ -177,14 +186,29 @@ def read_bytes(uri: str) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write a whole object; readers never see it half-written (an S3 PUT, a rename locally)."""
-    filesystem, path = filesystem_and_path(uri)
-    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    target = path if is_s3(uri) else f"{path}.{os.getpid()}.tmp"
-    with filesystem.open_output_stream(target) as f:
+    """Write a whole object; readers never see it half-written."""
+    with output_stream(uri) as f:
         f.write(data)
-    if target != path:
-        filesystem.move(target, path)
+
+
+@contextlib.contextmanager
+def output_stream(uri: str) -> Iterator[pa.NativeFile]:
+    """A stream that writes the whole object `uri`: on S3 a PUT or multipart upload, visible once it
+    completes; locally a temporary file beside it, renamed when the stream ends without an error."""
+    filesystem, path = filesystem_and_path(uri)
+    if is_s3(uri):
+        with filesystem.open_output_stream(path) as f:
+            yield f
+        return
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    partial = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with filesystem.open_output_stream(partial) as f:
+            yield f
+        filesystem.move(partial, path)
+    finally:
+        if filesystem.get_file_info(partial).type != pafs.FileType.NotFound:
+            filesystem.delete_file(partial)
 
 
 def list_files(uri: str, suffix: str = "") -> list[str]:

@@ -84,7 +84,7 @@ def parser(prog: str, doc: str) -> argparse.ArgumentParser:
         "--shared-output",
         action="store_true",
         help="the local --output path is storage every node of the cluster shares (NFS, a mounted bucket); without it "
-        "a local path is refused on a cluster of more than one node",
+        "a local path is refused when the job joins a cluster (--ray-address or $RAY_ADDRESS)",
     )
     return p
 

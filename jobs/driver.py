@@ -94,14 +94,15 @@ def record(job: Job, extra: dict) -> dict:
     return {"job": job.name, "code_version": f"codeformer-data {codeformer_core.__version__}", **extra}
 
 
-def start_ray(address: str | None) -> None:
-    """Join the cluster at `address` (or $RAY_ADDRESS), or start a local Ray; an address that does
-    not answer within CONNECT_SECONDS is a usage error, not a wait."""
-    import ray
+def cluster_address(common: Common) -> str | None:
+    return common.ray_address or os.environ.get("RAY_ADDRESS")
 
-    address = address or os.environ.get("RAY_ADDRESS")
+
+def check_cluster(common: Common) -> None:
+    """Before any work: a cluster to join answers within CONNECT_SECONDS, and a local --output on a
+    cluster is declared shared (nodes that join it later would each write to their own disk)."""
+    address = cluster_address(common)
     if not address:
-        ray.init(address="local", include_dashboard=False, logging_level="ERROR")
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if host and port.isdigit():
@@ -109,33 +110,40 @@ def start_ray(address: str | None) -> None:
             socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
         except OSError as exc:
             raise UsageError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    if not storage.is_s3(common.output) and not common.shared_output:
+        raise UsageError(
+            f"--output {common.output} is a local path, and the job runs on the Ray cluster at {address}: each of its nodes "
+            "would write to its own disk. Use an s3:// output, or --shared-output when the path is storage every node shares."
+        )
+
+
+def start_ray(common: Common) -> None:
+    """Join the cluster check_cluster accepted, or start a local Ray."""
+    import ray
+
+    address = cluster_address(common)
+    if not address:
+        ray.init(address="local", include_dashboard=False, logging_level="ERROR")
+        return
     try:
         ray.init(address=address, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UsageError(f"cannot join the Ray cluster at {address}: {str(exc).strip().splitlines()[0]}") from None
 
 
-def check_output_is_shared(common: Common, nodes: list[resources.Node]) -> None:
-    if len(nodes) > 1 and not storage.is_s3(common.output) and not common.shared_output:
-        raise UsageError(
-            f"--output {common.output} is a local path, and the cluster has {len(nodes)} nodes: each would write to its own disk. "
-            "Use an s3:// output, or --shared-output when the path is storage every node shares."
-        )
-
-
-def prepare(job: Job, common: Common, cfg: object) -> tuple[listing.Listing, dict, ledger.Resume]:
+def prepare(job: Job, common: Common, cfg: object, lock: OutputLock) -> tuple[listing.Listing, dict, ledger.Resume]:
     """Everything that can stop the job before any work: the listing, the weights, the output's state."""
     inputs = listing.listing(common.output, common.input, common.uri_column, common.limit, common.shard_size)
     run = record(job, job.preflight(common, cfg, inputs.needs_detector(common.aligned)))
+    if lock.lost.is_set():
+        raise OutputLockedError(f"another job took {common.output} over while this one listed its inputs; use another --output")
     resume = ledger.prepare(common.output, run, job.tables, inputs)
     return inputs, run, resume
 
 
 def plan_of(job: Job, common: Common, cfg: object, inputs: listing.Listing, run: dict) -> Callable[[dict[int, int]], object]:
     """The function that builds the Ray Data plan of some shards, for runner.run_shards."""
-    nodes = resources.alive_nodes()
-    check_output_is_shared(common, nodes)
-    place = resources.placement(nodes, common.device, common.workers, common.threads)
+    place = resources.placement(resources.alive_nodes(), common.device, common.workers, common.threads)
     context = Context(place, place.block(common.batch_size), inputs.needs_detector(common.aligned), common.synthetic, run)
     return functools.partial(build_plan, common.output, job.stages(common, cfg, context), place, context.block)
 
@@ -165,12 +173,13 @@ def main(job: Job, argv: list[str] | None = None) -> int:
             args = build_parser(job).parse_args(argv)
             common = Common.from_args(args)
             cfg = job.configure(args, common)
+            check_cluster(common)
             lock = OutputLock(common.output)
             try:
                 lock.acquire()
             except OSError as exc:
                 raise UsageError(f"cannot write to output {common.output}: {exc}") from None
-            inputs, run, resume = prepare(job, common, cfg)
+            inputs, run, resume = prepare(job, common, cfg, lock)
         except (UsageError, WeightsError, ledger.OutputMismatchError, OutputLockedError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -189,13 +198,13 @@ def main(job: Job, argv: list[str] | None = None) -> int:
         start = time.monotonic()
         if pending:
             try:
-                start_ray(common.ray_address)
+                start_ray(common)
                 plan = plan_of(job, common, cfg, inputs, run)
             except UsageError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
             try:
-                runner.drive(plan, pending, common.output, job.name, job.unit, lock.lost.is_set, done)
+                runner.drive(plan, pending, dict(enumerate(inputs.digests)), common.output, job.name, job.unit, lock.lost.is_set, done)
             except runner.OutputTakenError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
@@ -204,6 +213,7 @@ def main(job: Job, argv: list[str] | None = None) -> int:
                 return 1
             statuses.update(done.statuses)
             storage.delete_dir(storage.join(common.output, ledger.STAGING))
+            ledger.sweep(common.output, job.tables)
         extra = job.finish(common, cfg, bool(done.inputs)) if job.finish else []
         lines = summary(job, common, inputs.rows, statuses, resume.items + done.items, done.items, time.monotonic() - start) + extra
         print("\n".join(lines + ([SYNTHETIC_NOTE] if synthetic else [])))

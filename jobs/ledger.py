@@ -1,22 +1,25 @@
 """The output ledger: shards staged piece by piece, each committed by one marker, read back.
 
 A shard (jobs/listing.py) goes through the pipeline in pieces of a batch each. The last stage
-writes a piece's tables under `_staging/shard-K/<table>/pNNNNNNNN.<ext>`, named by the piece's
-first input, and hands the piece's counts on. The process that runs the pipeline takes each
-piece that comes out of it once; when a shard's pieces hold all its inputs, a commit task merges
-exactly those pieces into `<table>/shard-K-NNN.parquet` (and .tar), starting a new file at
-FILE_BYTES, then writes the marker `_shards/shard-K.json` (counts and file names) and removes the
-staging. Whatever Ray re-executes (lost objects, retried tasks, restarted actors) writes only
-staging pieces, which nothing reads unless it came out of the pipeline once; the committed files
-have deterministic names, so a retried commit overwrites them. A rerun reads the markers, one
-per shard, removes the staging and every file no marker names, and runs the shards without one.
+writes a piece's tables under `_staging/shard-K/<table>/pNNNNNNNN-<unique>.<ext>`, named by the
+piece's first input and unique to the task that wrote it, and hands the piece's counts and file
+names on. The process that runs the pipeline takes each piece that comes out of it once; when a
+shard's pieces hold all its inputs, a commit task merges exactly those files into
+`<table>/shard-K-NNN.parquet` (and .tar), starting a new file at FILE_BYTES, then writes the
+marker `_shards/shard-K.json` (the digest of the shard's ids, counts, file names) and removes the
+staging. Whatever Ray re-executes (lost objects, retried tasks, restarted actors) only adds
+staging pieces that nothing reads; a shard that has a marker is never written again. A rerun
+reads the markers, one per shard, removes the staging and every file no marker names, and runs
+the shards without one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io as stdio
 import json
 import tarfile
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +39,8 @@ STAGING = "_staging"
 RUN_RECORD = "_run.json"
 OLD_LAYOUT = "_commits"  # part files with one commit record each, before shards
 FILE_BYTES = 128 << 20  # a committed file ends once it holds this much; each shard's last file may hold less
+ROW_GROUP_ROWS = 1000
+ROW_GROUP_BYTES = 32 << 20
 READ_THREADS = 16
 PREFETCH = 4
 
@@ -61,7 +66,9 @@ def shard_name(shard: int) -> str:
 
 
 def piece_name(first: int) -> str:
-    return f"p{first:08d}"
+    """Named by its first input, and unique to the task that wrote it: a task of an earlier run that
+    is still going can only add pieces nobody reads, never replace one that came out."""
+    return f"p{first:08d}-{uuid.uuid4().hex[:12]}"
 
 
 def images_table(batch: Batch, schema: pa.Schema, **columns: list) -> pa.Table:
@@ -85,19 +92,20 @@ def stage(batch: Batch, output: str, items: str, make: Callable[[Batch], tuple[T
     out: dict[str, list] = {"shard": [], "first": [], "inputs": [], "items": [], "statuses": [], "written": []}
     for shard in np.unique(shards):
         rows = np.flatnonzero(shards == shard)
+        rows = rows[np.argsort(positions[rows], kind="stable")]
         tables, files = make({name: np.asarray(column)[rows] for name, column in batch.items()})
-        first = int(positions[rows].min())
+        first = int(positions[rows[0]])
+        piece = piece_name(first)
         base = storage.join(output, STAGING, shard_name(int(shard)))
         written = []
         for name, table in tables.items():
             if table.num_rows:
-                rel = f"{name}/{piece_name(first)}.parquet"
-                filesystem, path = storage.filesystem_and_path(storage.join(base, rel))
-                filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-                pq.write_table(table, path, filesystem=filesystem)
+                rel = f"{name}/{piece}.parquet"
+                with storage.output_stream(storage.join(base, rel)) as stream:
+                    pq.write_table(table, stream)
                 written.append(rel)
         for name, data in files.items():
-            rel = f"{name}/{piece_name(first)}.tar"
+            rel = f"{name}/{piece}.tar"
             storage.write_bytes(storage.join(base, rel), data)
             written.append(rel)
         out["shard"].append(int(shard))
@@ -109,9 +117,17 @@ def stage(batch: Batch, output: str, items: str, make: Callable[[Batch], tuple[T
     return {k: np.array(v) for k, v in out.items()}
 
 
-def commit_shard(output: str, shard: int, pieces: list[tuple[int, list[str]]], inputs: int, statuses: dict[str, int], items: int) -> dict:
-    """Merge `pieces` (first input, staged files) into the shard's files, then write its marker."""
+def commit_shard(output: str, shard: int, digest: str, pieces: list[tuple[int, list[str]]], inputs: int, statuses: dict[str, int], items: int) -> dict:
+    """Merge `pieces` (first input, staged files) into the shard's files, then write its marker. A
+    shard already committed (by a run that died before its driver heard of it, or by this task's
+    earlier attempt) is left as it is: its files are never rewritten under a marker that names them."""
     name = shard_name(shard)
+    marker_uri = storage.join(output, MARKERS, f"{name}.json")
+    if storage.file_size(marker_uri) is not None:
+        earlier = json.loads(storage.read_bytes(marker_uri))
+        if earlier.get("digest") == digest and earlier["inputs"] == inputs:
+            storage.delete_dir(storage.join(output, STAGING, name))
+            return earlier
     staged: dict[str, list[str]] = {}
     for _, written in sorted(pieces):
         for rel in written:
@@ -124,53 +140,51 @@ def commit_shard(output: str, shard: int, pieces: list[tuple[int, list[str]]], i
     for (table, ext), uris in by_file.items():
         merge = merge_tars if ext == "tar" else merge_parquet
         files += merge(uris, output, f"{table}/{name}")
-    marker = {"shard": shard, "inputs": inputs, "statuses": statuses, "items": items, "files": sorted(files)}
-    storage.write_bytes(storage.join(output, MARKERS, f"{name}.json"), json.dumps(marker).encode())
+    marker = {"shard": shard, "digest": digest, "inputs": inputs, "statuses": statuses, "items": items, "files": sorted(files)}
+    storage.write_bytes(marker_uri, json.dumps(marker).encode())
     storage.delete_dir(storage.join(output, STAGING, name))
     return marker
 
 
 def merge_parquet(uris: list[str], output: str, stem: str) -> list[str]:
-    """Staged Parquet pieces, in order, into files `<stem>-NNN.parquet` of FILE_BYTES or more, but the last."""
+    """Staged Parquet pieces, in order, into files `<stem>-NNN.parquet` of FILE_BYTES or more, but
+    the last, in row groups of ROW_GROUP_ROWS rows or ROW_GROUP_BYTES, whichever comes first."""
     written: list[str] = []
-    writer, size = None, 0
-    for table in read_tables(uris):
-        if writer is None or size >= FILE_BYTES:
-            if writer is not None:
-                writer.close()
-            written.append(f"{stem}-{len(written):03d}.parquet")
-            filesystem, path = storage.filesystem_and_path(storage.join(output, written[-1]))
-            filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            writer, size = pq.ParquetWriter(path, table.schema, filesystem=filesystem), 0
-        writer.write_table(table)
-        size += table.nbytes
-    if writer is not None:
-        writer.close()
+    with contextlib.ExitStack() as files:
+        writer, size, group = None, 0, []
+        for table in [*read_tables(uris), None]:
+            group += [table] if table is not None else []
+            full = sum(t.num_rows for t in group) >= ROW_GROUP_ROWS or sum(t.nbytes for t in group) >= ROW_GROUP_BYTES
+            if not group or not (full or table is None):
+                continue
+            if writer is None or size >= FILE_BYTES:
+                files.close()
+                written.append(f"{stem}-{len(written):03d}.parquet")
+                stream = files.enter_context(storage.output_stream(storage.join(output, written[-1])))
+                writer, size = files.enter_context(pq.ParquetWriter(stream, group[0].schema)), 0
+            rows = pa.concat_tables(group)
+            writer.write_table(rows, row_group_size=rows.num_rows)
+            size += rows.nbytes
+            group = []
     return written
 
 
 def merge_tars(uris: list[str], output: str, stem: str) -> list[str]:
     """Staged tar pieces, member by member, into `<stem>-NNN.tar` files of FILE_BYTES or more, but the last."""
     written: list[str] = []
-    tar, stream, size = None, None, 0
-    for uri in uris:
-        if tar is None or size >= FILE_BYTES:
-            if tar is not None:
-                tar.close()
-                stream.close()
-            written.append(f"{stem}-{len(written):03d}.tar")
-            filesystem, path = storage.filesystem_and_path(storage.join(output, written[-1]))
-            filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            stream = filesystem.open_output_stream(path)
-            tar, size = tarfile.open(fileobj=stream, mode="w|"), 0
-        data = storage.read_bytes(uri)
-        with tarfile.open(fileobj=stdio.BytesIO(data)) as piece:
-            for member in piece.getmembers():
-                tar.addfile(member, piece.extractfile(member))
-        size += len(data)
-    if tar is not None:
-        tar.close()
-        stream.close()
+    with contextlib.ExitStack() as files:
+        tar, size = None, 0
+        for uri in uris:
+            if tar is None or size >= FILE_BYTES:
+                files.close()
+                written.append(f"{stem}-{len(written):03d}.tar")
+                stream = files.enter_context(storage.output_stream(storage.join(output, written[-1])))
+                tar, size = files.enter_context(tarfile.open(fileobj=stream, mode="w|")), 0
+            data = storage.read_bytes(uri)
+            with tarfile.open(fileobj=stdio.BytesIO(data)) as piece:
+                for member in piece.getmembers():
+                    tar.addfile(member, piece.extractfile(member))
+            size += len(data)
     return written
 
 
@@ -217,28 +231,33 @@ def markers(output: str) -> list[dict]:
 def prepare(output: str, run: dict, tables: tuple[str, ...], listing: Listing) -> Resume:
     """Check the output's settings, read its markers, remove what no marker names; what is done.
 
-    A marker of a shard that now holds more inputs (an earlier run with a smaller --limit) does
-    not count: that shard is run again, whole."""
+    A marker counts when its shard still holds the same inputs (the digest of their ids): a shard
+    committed under a smaller --limit, which now holds more, is run again, whole."""
     check_run(output, run)
-    done, named, statuses, items, inputs = set(), set(), Counter(), 0, 0
+    done, statuses, items, inputs = set(), Counter(), 0, 0
     for marker in markers(output):
         shard = marker["shard"]
-        if shard < listing.shards and marker["inputs"] == listing.shard_rows(shard):
+        if shard < listing.shards and marker.get("digest") == listing.digests[shard]:
             done.add(shard)
-            named.update(marker["files"])
             statuses.update(marker["statuses"])
             items += marker["items"]
             inputs += marker["inputs"]
         else:
             storage.delete(storage.join(output, MARKERS, f"{shard_name(shard)}.json"))
     storage.delete_dir(storage.join(output, STAGING))
+    return Resume(frozenset(done), inputs, dict(statuses), items, sweep(output, tables))
+
+
+def sweep(output: str, tables: tuple[str, ...]) -> int:
+    """Remove every file of `tables` that no marker names (left by a commit cut short); how many."""
+    named = {rel for marker in markers(output) for rel in marker["files"]}
     removed = 0
     for table in tables:
         for uri in storage.list_files(storage.join(output, table)):
             if f"{table}/{uri.rsplit('/', 1)[1]}" not in named:
                 storage.delete(uri)
                 removed += 1
-    return Resume(frozenset(done), inputs, dict(statuses), items, removed)
+    return removed
 
 
 def committed_tables(output: str, name: str, columns: list[str] | None = None) -> Iterator[pa.Table]:

@@ -56,6 +56,7 @@ class Listing:
     rows: int
     landmarks: bool  # the manifest has a landmarks column
     missing_landmarks: int  # rows where that column is empty
+    digests: tuple[str, ...]  # of each shard's image ids, which its commit marker must match
 
     @property
     def shards(self) -> int:
@@ -86,7 +87,8 @@ def listing(output: str, source: str, uri_column: str | None, limit: int | None,
     otherwise the source is listed anew (refused when the output was made from another source)."""
     record = storage.join(output, RECORD)
     if storage.file_size(record) is not None:
-        earlier = Listing(**json.loads(storage.read_bytes(record)))
+        fields = json.loads(storage.read_bytes(record))
+        earlier = Listing(**{**fields, "digests": tuple(fields["digests"])})
         if (earlier.input, earlier.uri_column, earlier.shard_size) != (source, uri_column, shard_size):
             raise UsageError(
                 f"{output} holds the output of --input {earlier.input} (--uri-column {earlier.uri_column}, --shard-size "
@@ -94,6 +96,11 @@ def listing(output: str, source: str, uri_column: str | None, limit: int | None,
             )
         if earlier.limit == limit:
             return earlier
+        if earlier.limit is None or (limit is not None and limit < earlier.limit):
+            raise UsageError(
+                f"{output} holds the output of {'all inputs' if earlier.limit is None else f'--limit {earlier.limit}'}; a rerun may "
+                "raise --limit or drop it, not lower it: use another --output"
+            )
     storage.delete_dir(storage.join(output, LISTING))
     made = make(output, source, uri_column, limit, shard_size)
     storage.write_bytes(record, json.dumps(asdict(made), indent=1).encode())
@@ -133,7 +140,7 @@ def make(output: str, source: str, uri_column: str | None, limit: int | None, sh
     shards.close()
     if not rows:
         raise UsageError(f"no images ({', '.join(e.lstrip('.') for e in storage.IMAGE_EXTENSIONS)}) found under {source}")
-    return Listing(source, uri_column, limit, shard_size, rows, landmarks, missing)
+    return Listing(source, uri_column, limit, shard_size, rows, landmarks, missing, tuple(shards.digests))
 
 
 def landmarks_of(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -160,6 +167,7 @@ class ShardWriter:
         self.buffered = 0
         self.shards = 0
         self.writer: pq.ParquetWriter | None = None
+        self.digests: list[str] = []
 
     def add(self, table: pa.Table) -> None:
         self.pending.append(table)
@@ -184,15 +192,17 @@ class ShardWriter:
             filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
             self.writer = pq.ParquetWriter(path, shard.schema, filesystem=filesystem)
         self.writer.write_table(shard, row_group_size=rows)
+        self.digests.append(hashlib.sha256("\n".join(shard.column("image_id").to_pylist()).encode()).hexdigest()[:16])
         self.shards += 1
 
 
-RUN_IDS = 1 << 20  # sorted runs stop merging at this size: a merge's transient copy stays at 20 MiB
+RUN_IDS = 1 << 20  # sorted runs stop merging at this size, so a merge's transient copy stays at 20 MiB; each chunk
+# is looked up in every run, which stays cheap up to some tens of millions of ids
 
 
 class SeenIds:
-    """An exact set of image ids, 10 bytes each, kept as sorted runs merged like a binary counter
-    up to RUN_IDS ids a run, so that adding n ids costs O(n log n) and no Python object per id."""
+    """An exact set of image ids, 10 bytes each and no Python object per id, kept as sorted runs
+    merged like a binary counter up to RUN_IDS ids a run."""
 
     def __init__(self) -> None:
         self.runs: list[np.ndarray] = []
@@ -205,6 +215,8 @@ class SeenIds:
         for run in self.runs:
             at = np.minimum(np.searchsorted(run, keys), len(run) - 1)
             new &= run[at] != keys
+        if not new.any():
+            return new
         self.runs.append(np.sort(keys[new]))
         while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]) and len(self.runs[-2]) + len(self.runs[-1]) <= RUN_IDS:
             merged = np.concatenate(self.runs[-2:])

@@ -36,6 +36,7 @@ class OutputLock:
         self.lost = threading.Event()  # set when another job has taken the output over
         self.stopped = threading.Event()
         self.thread: threading.Thread | None = None
+        self.written = False
 
     def acquire(self) -> None:
         holder = self.read()
@@ -53,6 +54,7 @@ class OutputLock:
         self.stopped.set()
         if self.thread is not None:
             self.thread.join()
+        if self.written:
             holder = self.read()
             if holder is not None and holder["token"] == self.me["token"]:
                 storage.delete(self.uri)
@@ -78,6 +80,7 @@ class OutputLock:
 
     def write(self) -> None:
         storage.write_bytes(self.uri, json.dumps({**self.me, "heartbeat": time.time()}).encode())
+        self.written = True
 
 
 def alive(holder: dict) -> bool:

@@ -92,7 +92,7 @@ class OpenShard:
     statuses: Counter = field(default_factory=Counter)
 
 
-def run_shards(plan: Callable[[dict[int, int]], object], shards: dict[int, int], output: str) -> Iterator[dict]:
+def run_shards(plan: Callable[[dict[int, int]], object], shards: dict[int, int], digests: dict[int, str], output: str) -> Iterator[dict]:
     """Run `plan` of `shards` (shard -> inputs) to its end in this process, committing each shard
     once its pieces hold all its inputs; yield, at most every PROGRESS_SECONDS, the inputs that came
     out and the shards committed, and at the end this process's memory when the run started and at
@@ -107,7 +107,8 @@ def run_shards(plan: Callable[[dict[int, int]], object], shards: dict[int, int],
     committing: dict = {}
     update: dict = {"processed": 0, "committed": []}
     last, recycled = time.monotonic(), False
-    for batch in plan(shards).iter_batches(batch_size=None, batch_format="numpy"):
+    batches = iter(plan(shards).iter_batches(batch_size=None, batch_format="numpy"))
+    for batch in batches:
         for shard, first, inputs, items, statuses, written in zip(*(batch[k] for k in ("shard", "first", "inputs", "items", "statuses", "written"))):
             shard, first = int(shard), int(first)
             state = open_shards.setdefault(shard, OpenShard())
@@ -119,7 +120,7 @@ def run_shards(plan: Callable[[dict[int, int]], object], shards: dict[int, int],
             state.statuses.update(json.loads(statuses))
             update["processed"] += int(inputs)
             if state.inputs == shards[shard]:
-                args = (output, shard, sorted(state.pieces.items()), state.inputs, dict(state.statuses), state.items)
+                args = (output, shard, digests[shard], sorted(state.pieces.items()), state.inputs, dict(state.statuses), state.items)
                 committing[commit.remote(*args)] = shard
                 del open_shards[shard]
         update["committed"] += collect(committing, wait=False)
@@ -128,6 +129,7 @@ def run_shards(plan: Callable[[dict[int, int]], object], shards: dict[int, int],
             update, last = {"processed": 0, "committed": []}, time.monotonic()
         if memory_mib("VmRSS") - start_mib > RUN_MEMORY_MIB:
             recycled = True
+            batches.close()  # ends the Ray Data run before its shards go to another
             break
     update["committed"] += collect(committing, wait=True)
     yield {**update, "start_mib": start_mib, "peak_mib": memory_mib("VmHWM"), "recycled": recycled}
@@ -158,7 +160,10 @@ class Totals:
         self.statuses.update(marker["statuses"])
 
 
-def drive(plan: Callable[[dict[int, int]], object], shards: dict[int, int], output: str, desc: str, unit: str, lost: Callable[[], bool], done: Totals) -> None:
+def drive(
+    plan: Callable[[dict[int, int]], object], shards: dict[int, int], digests: dict[int, str], output: str, desc: str, unit: str,
+    lost: Callable[[], bool], done: Totals,
+) -> None:
     """Run every shard, in as few runs as memory allows, with one progress bar, adding what is
     committed to `done`; start a failed run again for the shards not yet committed, RUN_ATTEMPTS
     times in a row at most."""
@@ -173,8 +178,9 @@ def drive(plan: Callable[[dict[int, int]], object], shards: dict[int, int], outp
     with tqdm(total=sum(shards.values()), unit="img", desc=desc, file=sys.stderr) as bar:
         while pending:
             runs += 1
+            before = len(pending)
             try:
-                for ref in runner.remote(plan, dict(pending), output):
+                for ref in runner.remote(plan, dict(pending), {k: digests[k] for k in pending}, output):
                     update = ray.get(ref)
                     bar.update(update["processed"])
                     for marker in update["committed"]:
@@ -185,10 +191,10 @@ def drive(plan: Callable[[dict[int, int]], object], shards: dict[int, int], outp
                         raise OutputTakenError(f"another job took over {output} while this one ran; what this one committed is kept")
                 grown = update["peak_mib"] - update["start_mib"]
                 bar.write(f"run {runs}: {len(shards) - len(pending)} of {len(shards)} shards committed; its Ray worker grew by {grown:.0f} MiB, to {update['peak_mib']:.0f} MiB", file=sys.stderr)
-                if not pending or update["recycled"]:
+                if not pending or (update["recycled"] and len(pending) < before):
                     failures = 0
                     continue
-                reason = "it ended with shards whose inputs did not all come out"
+                reason = "it grew by its memory limit before committing a shard" if update["recycled"] else "it ended with shards whose inputs did not all come out"
             except ray.exceptions.RayError as exc:
                 reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
             if pending:

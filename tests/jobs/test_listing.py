@@ -33,8 +33,12 @@ def test_manifest_inputs_keep_row_order_once_each_with_the_first_rows_landmarks(
     assert [r["image_id"] for r in rows] == [listing.image_id(r["source_uri"]) for r in rows]
     assert (made.rows, made.shards, made.shard_rows(1), made.missing_landmarks) == (3, 2, 1, 1)
     assert made.needs_detector(aligned=False) and not made.needs_detector(aligned=True)
-    limited = listing.listing(str(tmp_path / "out"), str(manifest), None, 2, 2)
-    assert [r["source_uri"] for r in shards(tmp_path / "out", limited)[0]] == [str(tmp_path / n) for n in ("c.png", "a.png")]
+    limited = listing.listing(str(tmp_path / "out2"), str(manifest), None, 2, 2)
+    assert [r["source_uri"] for r in shards(tmp_path / "out2", limited)[0]] == [str(tmp_path / n) for n in ("c.png", "a.png")]
+    assert limited.digests == made.digests[:1]  # a shard holds the same inputs under any limit that covers it
+    with pytest.raises(listing.UsageError, match="may raise --limit or drop it, not lower it"):
+        listing.listing(str(tmp_path / "out"), str(manifest), None, 2, 2)
+    assert listing.listing(str(tmp_path / "out2"), str(manifest), None, None, 2) == made
 
 
 def test_a_folder_is_listed_in_the_order_of_full_paths_and_read_back_on_a_rerun(tmp_path):
@@ -63,6 +67,8 @@ def test_seen_ids_keep_exactly_the_first_of_each():
 
     assert kept == list(dict.fromkeys(ids))
     assert len(seen.runs) < 12
+    assert not seen.first_seen(ids[:5]).any() and not seen.first_seen([]).any()  # a chunk of repeats only adds no run
+    assert seen.first_seen([listing.image_id("new")]).tolist() == [True]
 
 
 def test_an_empty_manifest_is_a_usage_error(tmp_path):

@@ -70,7 +70,7 @@ def test_job_runs_through_ray_job_submit(ray_head, tmp_path):
         cv2.imwrite(str(inputs / f"face{i}.jpg"), cv2.cvtColor(synthetic_face(40 + i), cv2.COLOR_RGB2BGR))
     out = tmp_path / "out"
     submit = [RAY, "job", "submit", "--address", address, "--", sys.executable, "-m", "jobs.restore",
-              "--input", str(inputs), "--output", str(out), "--aligned", "--synthetic-weights", "--batch-size", "2"]
+              "--input", str(inputs), "--output", str(out), "--aligned", "--synthetic-weights", "--batch-size", "2", "--shared-output"]
 
     for _ in range(30):  # the head's job agent may take a while to come up after `ray start`
         result = subprocess.run(submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

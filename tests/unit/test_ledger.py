@@ -17,7 +17,13 @@ TABLES = ("images", "faces", "shards")
 
 
 def listing(rows: int, shard_size: int) -> Listing:
-    return Listing("in", None, None, shard_size, rows, False, 0)
+    """A listing whose shard k holds ids k-0, k-1, ..., as batch() makes them."""
+    digests = tuple(digest(k, min(shard_size, rows - k * shard_size)) for k in range(-(-rows // shard_size)))
+    return Listing("in", None, None, shard_size, rows, False, 0, digests)
+
+
+def digest(shard: int, rows: int) -> str:
+    return f"{shard}:{rows}"
 
 
 def batch(shard: int, positions: list[int], statuses: list[str]) -> dict:
@@ -45,7 +51,7 @@ def commit(out: str, staged: list[dict], shard: int) -> dict:
     pieces = [(int(r["first"][k]), json.loads(r["written"][k])) for r in staged for k in range(len(r["shard"])) if r["shard"][k] == shard]
     inputs = sum(int(r["inputs"][k]) for r in staged for k in range(len(r["shard"])) if r["shard"][k] == shard)
     items = sum(int(r["items"][k]) for r in staged for k in range(len(r["shard"])) if r["shard"][k] == shard)
-    return ledger.commit_shard(out, shard, pieces, inputs, {"ok": items}, items)
+    return ledger.commit_shard(out, shard, digest(shard, inputs), pieces, inputs, {"ok": items}, items)
 
 
 def test_pieces_merge_into_one_file_per_table_in_input_order_and_a_marker(tmp_path):
@@ -66,27 +72,51 @@ def test_pieces_merge_into_one_file_per_table_in_input_order_and_a_marker(tmp_pa
     assert json.loads((tmp_path / ledger.MARKERS / "shard-00000000.json").read_text())["inputs"] == 4
 
 
-def test_a_commit_done_twice_gives_the_same_files(tmp_path):
+def test_a_shard_committed_once_is_not_rewritten(tmp_path):
     out = str(tmp_path)
-    staged = [ledger.stage(batch(0, [0, 1], ["ok", "ok"]), out, "faces", tables)]
-    pieces = [(int(staged[0]["first"][0]), json.loads(staged[0]["written"][0]))]
-    first = ledger.commit_shard(out, 0, pieces, 2, {"ok": 2}, 2)
-    ledger.stage(batch(0, [0, 1], ["ok", "ok"]), out, "faces", tables)  # Ray re-ran the write
+    first = commit(out, [ledger.stage(batch(0, [0, 1], ["ok", "ok"]), out, "faces", tables)], 0)
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "images").iterdir()}
+    again_staged = [ledger.stage(batch(0, [0], ["ok"]), out, "faces", tables), ledger.stage(batch(0, [1], ["ok"]), out, "faces", tables)]
 
-    again = ledger.commit_shard(out, 0, pieces, 2, {"ok": 2}, 2)
+    again = commit(out, again_staged, 0)  # a run that died before its driver heard of the first commit
 
     assert first == again
-    assert pq.read_table(tmp_path / "images").num_rows == 2
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "images").iterdir()} == files
+    assert pq.read_table(tmp_path / "images").num_rows == 2 and not (tmp_path / ledger.STAGING / "shard-00000000").exists()
+
+
+def test_pieces_of_a_task_still_running_from_an_earlier_run_are_never_merged(tmp_path):
+    out = str(tmp_path)
+    stale = ledger.stage(batch(0, [0, 1, 2], ["ok", "ok", "ok"]), out, "faces", tables)
+    fresh = [ledger.stage(batch(0, [0], ["ok"]), out, "faces", tables), ledger.stage(batch(0, [1, 2], ["ok", "ok"]), out, "faces", tables)]
+    ledger.stage(batch(0, [0, 1], ["ok", "ok"]), out, "faces", tables)  # written after the fresh pieces came out
+
+    commit(out, fresh, 0)
+
+    assert stale["first"][0] == fresh[0]["first"][0] and stale["written"][0] != fresh[0]["written"][0]
+    assert pq.read_table(tmp_path / "images").column("image_id").to_pylist() == ["0-0", "0-1", "0-2"]
 
 
 def test_large_shards_are_cut_into_files_of_the_file_size(tmp_path, monkeypatch):
     monkeypatch.setattr(ledger, "FILE_BYTES", 1)
+    monkeypatch.setattr(ledger, "ROW_GROUP_ROWS", 2)
     out = str(tmp_path)
-    staged = [ledger.stage(batch(0, [p], ["ok"]), out, "faces", tables) for p in range(3)]
+    staged = [ledger.stage(batch(0, [p], ["ok"]), out, "faces", tables) for p in range(5)]
 
     marker = commit(out, staged, 0)
 
     assert [f for f in marker["files"] if f.startswith("images/")] == [f"images/shard-00000000-00{i}.parquet" for i in range(3)]
+    assert [pq.read_metadata(tmp_path / "images" / f"shard-00000000-00{i}.parquet").num_rows for i in range(3)] == [2, 2, 1]
+
+
+def test_files_hold_row_groups_of_many_pieces(tmp_path):
+    out = str(tmp_path)
+    staged = [ledger.stage(batch(0, [p], ["ok"]), out, "faces", tables) for p in range(5)]
+
+    commit(out, staged, 0)
+
+    meta = pq.read_metadata(tmp_path / "images" / "shard-00000000-000.parquet")
+    assert (meta.num_rows, meta.num_row_groups) == (5, 1)
 
 
 def test_a_rerun_counts_committed_shards_and_removes_the_rest(tmp_path):
@@ -104,14 +134,15 @@ def test_a_rerun_counts_committed_shards_and_removes_the_rest(tmp_path):
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["shard-00000000-000.parquet", "shard-00000002-000.parquet"]
 
 
-def test_a_shard_committed_under_a_smaller_limit_is_redone(tmp_path):
+def test_a_shard_that_now_holds_other_inputs_is_redone(tmp_path):
     out = str(tmp_path)
     ledger.prepare(out, RUN, TABLES, listing(3, 2))
-    commit(out, [ledger.stage(batch(1, [0], ["ok"]), out, "faces", tables)], 1)
+    commit(out, [ledger.stage(batch(0, [0, 1], ["ok", "ok"]), out, "faces", tables)], 0)
+    commit(out, [ledger.stage(batch(1, [0], ["ok"]), out, "faces", tables)], 1)  # the last shard, cut by --limit 3
 
     resume = ledger.prepare(out, RUN, TABLES, listing(4, 2))
 
-    assert resume.done == frozenset() and not list((tmp_path / "images").iterdir())
+    assert resume.done == {0} and sorted(p.name for p in (tmp_path / "images").iterdir()) == ["shard-00000000-000.parquet"]
 
 
 def test_other_settings_and_the_old_layout_are_refused(tmp_path):
