@@ -128,12 +128,8 @@ def commit_shard(output: str, shard: int, digest: str, pieces: list[tuple[int, l
         if earlier.get("digest") == digest and earlier["inputs"] == inputs:
             storage.delete_dir(storage.join(output, STAGING, name))
             return earlier
-    staged: dict[str, list[str]] = {}
-    for _, written in sorted(pieces):
-        for rel in written:
-            staged.setdefault(rel, [])
     by_file: dict[tuple[str, str], list[str]] = {}
-    for rel in staged:
+    for rel in (rel for _, written in sorted(pieces) for rel in written):
         table, piece = rel.split("/")
         by_file.setdefault((table, piece.rsplit(".", 1)[1]), []).append(storage.join(output, STAGING, name, rel))
     files = []
