@@ -50,7 +50,7 @@ common = driver.Common.from_args(args)
 cfg = audit.JOB.configure(args, common)
 lock = OutputLock(common.output)
 lock.acquire()
-inputs, run, resume = driver.prepare(audit.JOB, common, cfg)
+inputs, run, resume = driver.prepare(audit.JOB, common, cfg, lock)
 pending = {k: inputs.shard_rows(k) for k in range(inputs.shards) if k not in resume.done}
 lock.release()
 print(json.dumps({"rows": inputs.rows, "shards": len(pending), "seconds": time.monotonic() - start,
