@@ -206,9 +206,10 @@ def output_stream(uri: str) -> Iterator[pa.NativeFile]:
         with filesystem.open_output_stream(partial) as f:
             yield f
         filesystem.move(partial, path)
-    finally:
+    except BaseException:
         if filesystem.get_file_info(partial).type != pafs.FileType.NotFound:
             filesystem.delete_file(partial)
+        raise
 
 
 def list_files(uri: str, suffix: str = "") -> list[str]:

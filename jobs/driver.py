@@ -204,7 +204,7 @@ def main(job: Job, argv: list[str] | None = None) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
             try:
-                runner.drive(plan, pending, dict(enumerate(inputs.digests)), common.output, job.name, job.unit, lock.lost.is_set, done)
+                runner.drive(plan, pending, inputs.digests, common.output, job.name, job.unit, lock.lost.is_set, done)
             except runner.OutputTakenError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
@@ -213,7 +213,7 @@ def main(job: Job, argv: list[str] | None = None) -> int:
                 return 1
             statuses.update(done.statuses)
             storage.delete_dir(storage.join(common.output, ledger.STAGING))
-            ledger.sweep(common.output, job.tables)
+            ledger.sweep(common.output, job.tables, {rel for marker in ledger.markers(common.output) for rel in marker["files"]})
         extra = job.finish(common, cfg, bool(done.inputs)) if job.finish else []
         lines = summary(job, common, inputs.rows, statuses, resume.items + done.items, done.items, time.monotonic() - start) + extra
         print("\n".join(lines + ([SYNTHETIC_NOTE] if synthetic else [])))

@@ -16,10 +16,10 @@ the shards without one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io as stdio
 import json
 import tarfile
-import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -65,10 +65,11 @@ def shard_name(shard: int) -> str:
     return f"shard-{shard:08d}"
 
 
-def piece_name(first: int) -> str:
-    """Named by its first input, and unique to the task that wrote it: a task of an earlier run that
-    is still going can only add pieces nobody reads, never replace one that came out."""
-    return f"p{first:08d}-{uuid.uuid4().hex[:12]}"
+def piece_name(positions: np.ndarray) -> str:
+    """Named by its first input and the digest of all its inputs' places in the shard: a task Ray
+    runs again writes the same name, and a task of an earlier run still going, whose batch held
+    other inputs, can only add a piece nobody reads, never replace one that came out."""
+    return f"p{int(positions[0]):08d}-{hashlib.sha256(positions.astype(np.int64).tobytes()).hexdigest()[:12]}"
 
 
 def images_table(batch: Batch, schema: pa.Schema, **columns: list) -> pa.Table:
@@ -95,7 +96,7 @@ def stage(batch: Batch, output: str, items: str, make: Callable[[Batch], tuple[T
         rows = rows[np.argsort(positions[rows], kind="stable")]
         tables, files = make({name: np.asarray(column)[rows] for name, column in batch.items()})
         first = int(positions[rows[0]])
-        piece = piece_name(first)
+        piece = piece_name(positions[rows])
         base = storage.join(output, STAGING, shard_name(int(shard)))
         written = []
         for name, table in tables.items():
@@ -230,23 +231,24 @@ def prepare(output: str, run: dict, tables: tuple[str, ...], listing: Listing) -
     A marker counts when its shard still holds the same inputs (the digest of their ids): a shard
     committed under a smaller --limit, which now holds more, is run again, whole."""
     check_run(output, run)
-    done, statuses, items, inputs = set(), Counter(), 0, 0
+    done, named, statuses, items, inputs = set(), set(), Counter(), 0, 0
     for marker in markers(output):
         shard = marker["shard"]
         if shard < listing.shards and marker.get("digest") == listing.digests[shard]:
             done.add(shard)
+            named.update(marker["files"])
             statuses.update(marker["statuses"])
             items += marker["items"]
             inputs += marker["inputs"]
         else:
             storage.delete(storage.join(output, MARKERS, f"{shard_name(shard)}.json"))
     storage.delete_dir(storage.join(output, STAGING))
-    return Resume(frozenset(done), inputs, dict(statuses), items, sweep(output, tables))
+    return Resume(frozenset(done), inputs, dict(statuses), items, sweep(output, tables, named))
 
 
-def sweep(output: str, tables: tuple[str, ...]) -> int:
-    """Remove every file of `tables` that no marker names (left by a commit cut short); how many."""
-    named = {rel for marker in markers(output) for rel in marker["files"]}
+def sweep(output: str, tables: tuple[str, ...], named: set[str]) -> int:
+    """Remove every file of `tables` not in `named`, the files of the markers (others were left by a
+    commit cut short); how many."""
     removed = 0
     for table in tables:
         for uri in storage.list_files(storage.join(output, table)):

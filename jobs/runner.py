@@ -92,7 +92,7 @@ class OpenShard:
     statuses: Counter = field(default_factory=Counter)
 
 
-def run_shards(plan: Callable[[dict[int, int]], object], shards: dict[int, int], digests: dict[int, str], output: str) -> Iterator[dict]:
+def run_shards(plan: Callable[[dict[int, int]], object], shards: dict[int, int], digests: tuple[str, ...], output: str) -> Iterator[dict]:
     """Run `plan` of `shards` (shard -> inputs) to its end in this process, committing each shard
     once its pieces hold all its inputs; yield, at most every PROGRESS_SECONDS, the inputs that came
     out and the shards committed, and at the end this process's memory when the run started and at
@@ -161,7 +161,7 @@ class Totals:
 
 
 def drive(
-    plan: Callable[[dict[int, int]], object], shards: dict[int, int], digests: dict[int, str], output: str, desc: str, unit: str,
+    plan: Callable[[dict[int, int]], object], shards: dict[int, int], digests: tuple[str, ...], output: str, desc: str, unit: str,
     lost: Callable[[], bool], done: Totals,
 ) -> None:
     """Run every shard, in as few runs as memory allows, with one progress bar, adding what is
@@ -180,7 +180,7 @@ def drive(
             runs += 1
             before = len(pending)
             try:
-                for ref in runner.remote(plan, dict(pending), {k: digests[k] for k in pending}, output):
+                for ref in runner.remote(plan, dict(pending), digests, output):
                     update = ray.get(ref)
                     bar.update(update["processed"])
                     for marker in update["committed"]:
