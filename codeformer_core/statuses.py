@@ -4,6 +4,7 @@ from __future__ import annotations
 
 OK = "ok"
 READ_ERROR = "read_error"
+UNAVAILABLE = "unavailable"
 EMPTY = "empty"
 TOO_LARGE = "too_large"
 DECODE_ERROR = "decode_error"
@@ -16,7 +17,8 @@ DEGRADE_ERROR = "degrade_error"
 
 MEANINGS = {
     OK: "processed",
-    READ_ERROR: "the bytes could not be read (missing object, no permission, storage error)",
+    READ_ERROR: "the bytes could not be read, for good: missing object or file, broken link, no permission",
+    UNAVAILABLE: "the storage failed in a way that may pass (throttling, reset, timeout, 5xx) on every try; a rerun tries again",
     EMPTY: "the file has 0 bytes",
     TOO_LARGE: "more pixels than --max-pixels, checked from the header before decoding",
     DECODE_ERROR: "not a readable image: unknown format, damaged header or data",
@@ -27,3 +29,5 @@ MEANINGS = {
     MEASURE_ERROR: "measuring failed on this batch",
     DEGRADE_ERROR: "making the LQ images failed on this batch",
 }
+
+RETRYABLE = frozenset({UNAVAILABLE})  # a rerun of the same command processes these inputs again

@@ -7,9 +7,12 @@ S3-compatible endpoint is taken from `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import itertools
 import os
+import random
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +22,24 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
+
+
+READ_ATTEMPTS = 5  # tries of an input read that fails in a way that may pass, with exponential backoff
+OTHER_ATTEMPTS = 10  # tries of every other S3 request (listing, the output's files), which a job cannot do without
+CHECK_ATTEMPTS = 3  # tries of the first request to a bucket, so that a wrong endpoint or bucket is told in seconds
+BACKOFF_SECONDS = 20.0  # the longest wait between two tries
+# Local errors that may pass: timeouts, and what network filesystems and FUSE mounts of object stores report
+TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.ETIMEDOUT, errno.ESTALE, errno.EIO, errno.ECONNRESET, errno.ECONNABORTED,
+                              errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH})
+
+
+class ReadError(OSError):
+    """A read that failed for good (`transient` False: missing, no permission, a directory) or after
+    every try of a failure that may pass (`transient` True: throttling, resets, timeouts, 5xx)."""
+
+    def __init__(self, message: str, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def is_s3(uri: str) -> bool:
@@ -37,7 +58,7 @@ def _s3_filesystem(endpoint: str | None, region: str | None) -> pafs.S3FileSyste
     kwargs: dict[str, object] = {
         "connect_timeout": 10,
         "request_timeout": 60,
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=OTHER_ATTEMPTS),
     }
     if endpoint:
         kwargs["endpoint_override"] = endpoint
@@ -76,7 +97,7 @@ def download(uri: str, dest: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # what OpenCV decodes (GIF: its first frame)
 MANIFEST_EXTENSIONS = (".parquet", ".csv")
 URI_COLUMNS = ("uri", "source_uri", "path", "url", "image")
 
@@ -105,34 +126,36 @@ def iter_images(uri: str, chunk: int) -> Iterator[list[str]]:
         yield batch
 
 
-def _walk(folder: str) -> Iterator[str]:
-    """Files under `folder` in the order of their full paths: a directory sorts as its name plus '/'."""
+def _walk(folder: str, inside: frozenset[tuple[int, int]] = frozenset()) -> Iterator[str]:
+    """Files under `folder` in the order of their full paths: a directory sorts as its name plus '/'.
+    Links to folders are followed, but never into a folder the walk is already inside; a broken
+    link is a file (reading it gives a row that says so)."""
+    stat = os.stat(folder)
+    inside = inside | {(stat.st_dev, stat.st_ino)}
     with os.scandir(folder) as it:
         entries = sorted(((e.name + "/" if e.is_dir() else e.name), e.path) for e in it)
     for name, path in entries:
-        if name.endswith("/"):
-            yield from _walk(path)
-        else:
+        if not name.endswith("/"):
             yield path
+        elif (os.stat(path).st_dev, os.stat(path).st_ino) not in inside:
+            yield from _walk(path, inside)
 
 
 def _s3_keys(path: str) -> Iterator[str]:
     """`bucket/key` of every object under the prefix `path`, page by page (1,000 keys a request)."""
-    import boto3
-    from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, _, prefix = path.partition("/")
-    config = Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 5, "mode": "standard"})
-    client = boto3.client("s3", config=config)
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")
+    pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")
     try:
         for page in pages:
             for item in page.get("Contents", []):
                 if not item["Key"].endswith("/"):
                     yield f"{bucket}/{item['Key']}"
-    except (BotoCoreError, ClientError) as exc:
-        raise OSError(f"listing s3://{path}: {exc}") from None
+    except ClientError as exc:
+        raise OSError(f"listing {s3_error(exc, f's3://{path}')}") from None
+    except BotoCoreError as exc:
+        raise OSError(f"listing s3://{path}: {type(exc).__name__}: {exc}") from None
 
 
 def is_manifest(uri: str) -> bool:
@@ -179,10 +202,108 @@ def _uri_column(uri: str, names: list[str], column: str | None) -> str:
     return name
 
 
-def read_bytes(uri: str) -> bytes:
-    filesystem, path = filesystem_and_path(uri)
-    with filesystem.open_input_stream(path) as f:
-        return f.read()
+def read_bytes(uri: str, attempts: int = OTHER_ATTEMPTS) -> bytes:
+    """A whole object or file, tried `attempts` times in all while it fails in a way that may pass,
+    with exponential backoff; ReadError when it cannot be read."""
+    if is_s3(uri):
+        return _read_s3(uri, attempts)
+    path = str(Path(uri).expanduser())
+    for attempt in range(1, attempts + 1):
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            transient = exc.errno in TRANSIENT_ERRNOS
+            if not transient or attempt == attempts:
+                raise ReadError(_local_error(path, exc, attempt), transient) from None
+            _backoff(attempt)
+    raise AssertionError("unreachable")
+
+
+def _local_error(path: str, exc: OSError, attempts: int) -> str:
+    if isinstance(exc, FileNotFoundError) and os.path.islink(path):
+        return f"broken link: {path} -> {os.readlink(path)}"
+    tries = f" after {attempts} attempts" if attempts > 1 else ""
+    return f"{exc.strerror or type(exc).__name__}: {path}{tries}"
+
+
+def _backoff(attempt: int) -> None:
+    """Full-jitter exponential backoff before try `attempt + 1`: up to 1, 2, 4 ... BACKOFF_SECONDS s."""
+    time.sleep(random.uniform(0, min(BACKOFF_SECONDS, 2.0 ** (attempt - 1))))
+
+
+def s3_client(attempts: int = OTHER_ATTEMPTS):
+    """A boto3 S3 client of this process (thread-safe) whose requests botocore tries `attempts`
+    times in all on throttling, 5xx, resets and timeouts, with exponential backoff. The endpoint
+    and credentials come from the standard AWS configuration, AWS_ENDPOINT_URL(_S3) included."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return _s3_client(endpoint, os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"), attempts)
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_client(endpoint: str | None, region: str | None, attempts: int):
+    import boto3
+    from botocore.config import Config
+
+    config = Config(connect_timeout=10, read_timeout=60, retries={"total_max_attempts": attempts, "mode": "standard"}, max_pool_connections=32)
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+
+
+def _read_s3(uri: str, attempts: int) -> bytes:
+    """botocore retries the request; a body cut off while it streams is fetched again here."""
+    from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError, IncompleteReadError
+
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    for attempt in range(1, attempts + 1):
+        try:
+            response = s3_client(attempts).get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            raise ReadError(s3_error(exc, uri), s3_transient(exc)) from None
+        except (ConnectionError, HTTPClientError) as exc:  # refused, reset, timed out: botocore has tried `attempts` times
+            raise ReadError(f"S3 GetObject {uri}: {type(exc).__name__}: {exc} (after {attempts} attempts)", True) from None
+        except BotoCoreError as exc:  # no credentials, a bad bucket name: retrying cannot help
+            raise ReadError(f"S3 GetObject {uri}: {type(exc).__name__}: {exc}", False) from None
+        try:
+            with contextlib.closing(response["Body"]) as body:
+                return body.read()
+        except (HTTPClientError, IncompleteReadError, ConnectionError) as exc:
+            if attempt == attempts:
+                raise ReadError(f"S3 GetObject {uri}: the body was cut off: {type(exc).__name__}: {exc} (after {attempts} attempts)", True) from None
+            _backoff(attempt)
+    raise AssertionError("unreachable")
+
+
+def check_bucket(uri: str) -> None:
+    """OSError with a plain reason, within seconds, when the bucket of an s3:// URI is missing or out
+    of reach (rather than the advice of pyarrow's S3 client, which would create it)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket = uri.removeprefix("s3://").split("/", 1)[0]
+    try:
+        s3_client(CHECK_ATTEMPTS).head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status == 404:
+            raise OSError(f"the bucket {bucket} does not exist") from None
+        if status == 403:
+            raise OSError(f"no access to the bucket {bucket} (HTTP 403): check the credentials and the bucket's policy") from None
+        raise OSError(s3_error(exc, f"s3://{bucket}")) from None
+    except BotoCoreError as exc:
+        raise OSError(f"S3 HeadBucket s3://{bucket}: {type(exc).__name__}: {exc}") from None
+
+
+def s3_error(exc, uri: str) -> str:
+    """A botocore ClientError as one line: the operation, the URI, the HTTP status, the S3 error code and message, the tries."""
+    meta, error = exc.response.get("ResponseMetadata", {}), exc.response.get("Error", {})
+    message = f": {error['Message']}" if error.get("Message") else ""
+    tries = meta.get("RetryAttempts", 0) + 1
+    return f"S3 {exc.operation_name} {uri}: HTTP {meta.get('HTTPStatusCode', '?')} {error.get('Code', '?')}{message}" + (f" (after {tries} attempts)" if tries > 1 else "")
+
+
+def s3_transient(exc) -> bool:
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    code = exc.response.get("Error", {}).get("Code", "")
+    return status >= 500 or status == 429 or code in ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded")
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -9,6 +9,7 @@ from codeformer_core.codec import DEFAULT_MAX_PIXELS
 from codeformer_core.detect import MODELS, DetectConfig
 from codeformer_core.metrics import NO_REFERENCE
 from codeformer_core.restore import MAX_AUTO_BATCH, PRECISIONS, Speed
+from codeformer_core.storage import READ_ATTEMPTS
 from codeformer_core.weights import SYNTHETIC_SPEC_PREFIX
 
 SHARD_SIZE = 1000  # inputs per shard: the unit of commit and resume, and the rows of each committed file but a shard's last
@@ -56,6 +57,13 @@ def parser(prog: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder or s3://bucket/prefix for the output tables (the description above lists them)")
     p.add_argument("--aligned", action="store_true", help="inputs are aligned faces (resized to 512x512 when needed), like the official --has_aligned; no detection")
     p.add_argument("--limit", type=positive_int, default=None, help="process only the first N inputs in listing order: a folder's or prefix's by full path, a manifest's by row")
+    p.add_argument(
+        "--read-attempts",
+        type=positive_int,
+        default=READ_ATTEMPTS,
+        help="tries of each input read that fails in a way that may pass (S3 throttling and 5xx, resets, timeouts), with "
+        f"exponential backoff; an input that fails them all gets status unavailable, and a rerun tries it again (default {READ_ATTEMPTS})",
+    )
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help=f"reject images with more pixels than this before decoding them (default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--uri-column", default=None, help="manifest column holding image URIs (default: the first of uri, source_uri, path, url, image)")
     p.add_argument("--weights-dir", default=None, help="folder holding checkpoints under their official names (default: $CODEFORMER_WEIGHTS_DIR)")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import codeformer_core
 from codeformer_core import storage
+from codeformer_core.statuses import RETRYABLE
 from codeformer_core.weights import WeightsError
 from jobs import cli, ledger, listing, memory, pipeline, resources, runner
 from jobs.cli import UsageError
@@ -28,6 +29,12 @@ SYNTHETIC_NOTE = (
     "ones: every stage ran for real, but restored faces are noise and detections arbitrary. Outputs are marked synthetic."
 )
 CONNECT_SECONDS = 10.0
+# Lines of Ray's own that are known to be harmless here, dropped from what its workers print:
+# Ray Data passes its actors' constructor arguments through the object store, which Ray's core
+# worker logs as an error for every actor pool (ray-project/ray#53727). Those objects are owned by
+# the task that runs the pipeline and live on its node; losing either fails the run, which the
+# driver then starts again.
+HARMLESS_RAY_LINES = ("has constructor arguments in the object store and max_restarts > 0",)
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,7 @@ class Common:
     aligned: bool
     limit: int | None
     max_pixels: int
+    read_attempts: int
     uri_column: str | None
     weights_dir: str | None
     synthetic: bool
@@ -56,7 +64,7 @@ class Common:
         if args.synthetic_weights and named:
             raise UsageError(f"--synthetic-weights and --{named[0].replace('_', '-')} exclude each other")
         return cls(
-            input=args.input, output=args.output.rstrip("/"), aligned=args.aligned, limit=args.limit, max_pixels=args.max_pixels,
+            input=args.input, output=args.output.rstrip("/"), aligned=args.aligned, limit=args.limit, max_pixels=args.max_pixels, read_attempts=args.read_attempts,
             uri_column=args.uri_column, weights_dir=args.weights_dir, synthetic=args.synthetic_weights, batch_size=args.batch_size,
             workers=args.workers, threads=args.threads_per_worker, device=args.device, ray_address=args.ray_address,
             shard_size=args.shard_size, shared_output=args.shared_output,
@@ -117,6 +125,16 @@ def check_cluster(common: Common) -> None:
         )
 
 
+def check_buckets(common: Common) -> None:
+    """The buckets of an s3:// input and output exist and answer, told within seconds."""
+    for uri, what in ((common.input, "read input"), (common.output, "write to output")):
+        if storage.is_s3(uri):
+            try:
+                storage.check_bucket(uri)
+            except OSError as exc:
+                raise UsageError(f"cannot {what} {uri}: {exc}") from None
+
+
 def start_ray(common: Common) -> None:
     """Join the cluster check_cluster accepted, or start a local Ray."""
     import ray
@@ -124,11 +142,33 @@ def start_ray(common: Common) -> None:
     address = cluster_address(common)
     if not address:
         ray.init(address="local", include_dashboard=False, logging_level="ERROR")
-        return
+    else:
+        try:
+            ray.init(address=address, logging_level="ERROR")
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UsageError(f"cannot join the Ray cluster at {address}: {str(exc).strip().splitlines()[0]}") from None
+    drop_harmless_ray_lines()
+
+
+def drop_harmless_ray_lines() -> None:
+    """Wrap the handler through which Ray prints its workers' output here so that it skips
+    HARMLESS_RAY_LINES; everything else is printed as before. Ray has no public hook for this."""
     try:
-        ray.init(address=address, logging_level="ERROR")
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UsageError(f"cannot join the Ray cluster at {address}: {str(exc).strip().splitlines()[0]}") from None
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+
+    def skipping(handle: Callable[[dict], None]) -> Callable[[dict], None]:
+        def handle_kept(data: dict) -> None:
+            lines = [line for line in data.get("lines", []) if not any(h in line for h in HARMLESS_RAY_LINES)]
+            if lines:
+                handle({**data, "lines": lines})
+
+        return handle_kept
+
+    for name, handle in list(dispatcher.handlers):
+        dispatcher.remove_handler(name)
+        dispatcher.add_handler(name, skipping(handle))
 
 
 def prepare(job: Job, common: Common, cfg: object, lock: OutputLock) -> tuple[listing.Listing, dict, ledger.Resume]:
@@ -148,15 +188,19 @@ def plan_of(job: Job, common: Common, cfg: object, inputs: listing.Listing, run:
     return functools.partial(build_plan, common.output, job.stages(common, cfg, context), place, context.block)
 
 
-def build_plan(output: str, stages: list[Stage], place: resources.Placement, block: int, shards: dict[int, int]):
+def build_plan(output: str, stages: list[Stage], place: resources.Placement, block: int, shards: dict[int, runner.Work]):
     return pipeline.build(runner.source(output, shards, block), stages, place, block)
 
 
 def summary(job: Job, common: Common, total: int, statuses: Counter, items: int, new: int, seconds: float) -> list[str]:
-    failures = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()) if k != "ok") or "none"
+    failures = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()) if k != "ok" and v) or "none"
     rate = f"{new / seconds:.3f} {job.unit}/s this run" if new else f"no {job.unit} {job.verb} this run"
+    again = sum(statuses.get(s, 0) for s in RETRYABLE)
+    retry = [f"{again} inputs failed in a way that may pass ({', '.join(sorted(RETRYABLE))}: storage throttling, resets, timeouts, 5xx "
+             "on every try): run the same command again to retry them, and only them"] if again else []
     return [
         f"inputs {total}: ok {statuses.get('ok', 0)}; failures: {failures}",
+        *retry,
         f"{job.unit} {items} ({rate}, {seconds:.1f} s)",
         f"output: {common.output}/, tables " + ", ".join(f"{t}/" for t in job.tables) + " (those this run's flags write)",
         f'read: pandas.read_parquet("{common.output}/{job.tables[0]}") / pandas.read_parquet("{common.output}/{job.tables[1]}")',
@@ -174,6 +218,7 @@ def main(job: Job, argv: list[str] | None = None) -> int:
             common = Common.from_args(args)
             cfg = job.configure(args, common)
             check_cluster(common)
+            check_buckets(common)
             lock = OutputLock(common.output)
             try:
                 lock.acquire()
@@ -188,13 +233,18 @@ def main(job: Job, argv: list[str] | None = None) -> int:
         synthetic = common.synthetic or bool(run.get("weights_synthetic"))
         if synthetic:
             print(SYNTHETIC_NOTE, file=sys.stderr)
-        pending = {k: inputs.shard_rows(k) for k in range(inputs.shards) if k not in resume.done}
+        fresh = {k: runner.Work(inputs.shard_rows(k)) for k in range(inputs.shards) if k not in resume.done}
+        retry = {k: runner.Work(count, generation + 1) for k, (count, generation) in resume.retry.items()}
+        pending = dict(sorted({**fresh, **retry}.items()))
+        retrying = sum(w.inputs for w in retry.values())
         print(
-            f"{inputs.rows} inputs in {inputs.shards} shards: {resume.inputs} already done, {sum(pending.values())} to process"
+            f"{inputs.rows} inputs in {inputs.shards} shards: {resume.inputs - retrying} already done, "
+            + (f"{retrying} to retry (they failed in a way that may pass), " if retrying else "")
+            + f"{sum(w.inputs for w in fresh.values())} to process"
             + (f" ({resume.removed} files of unfinished work from an earlier run removed)" if resume.removed else ""),
             file=sys.stderr,
         )
-        statuses = Counter(resume.statuses)
+        statuses, items = Counter(resume.statuses), resume.items
         start = time.monotonic()
         if pending:
             try:
@@ -211,11 +261,14 @@ def main(job: Job, argv: list[str] | None = None) -> int:
             except runner.RunFailedError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
-            statuses.update(done.statuses)
             storage.delete_dir(storage.join(common.output, ledger.STAGING))
-            ledger.sweep(common.output, job.tables, {rel for marker in ledger.markers(common.output) for rel in marker["files"]})
-        extra = job.finish(common, cfg, bool(done.inputs)) if job.finish else []
-        lines = summary(job, common, inputs.rows, statuses, resume.items + done.items, done.items, time.monotonic() - start) + extra
+            final = ledger.markers(common.output)
+            ledger.sweep(common.output, job.tables, {rel for marker in final for rel in marker["files"]})
+            statuses, items = Counter(), sum(marker["items"] for marker in final)
+            for marker in final:
+                statuses.update(marker["statuses"])
+        extra = job.finish(common, cfg, bool(pending)) if job.finish else []
+        lines = summary(job, common, inputs.rows, statuses, items, done.items, time.monotonic() - start) + extra
         print("\n".join(lines + ([SYNTHETIC_NOTE] if synthetic else [])))
         return 0
     except KeyboardInterrupt:

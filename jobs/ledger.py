@@ -21,7 +21,7 @@ import io as stdio
 import json
 import tarfile
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -31,9 +31,11 @@ import pyarrow.parquet as pq
 
 import schemas
 from codeformer_core import storage
+from codeformer_core.statuses import RETRYABLE
 from jobs.listing import Listing
 from jobs.stages.batches import Batch, clean
 
+ROWS = "images"  # the table of every job with one row per input and its status
 MARKERS = "_shards"
 STAGING = "_staging"
 RUN_RECORD = "_run.json"
@@ -55,6 +57,7 @@ class OutputMismatchError(Exception):
 @dataclass(frozen=True)
 class Resume:
     done: frozenset[int]  # shards committed whole
+    retry: dict[int, tuple[int, int]]  # committed shards with retryable rows -> how many, their marker's generation
     inputs: int
     statuses: dict[str, int]
     items: int  # faces restored or pairs made, as the job counts them
@@ -118,38 +121,80 @@ def stage(batch: Batch, output: str, items: str, make: Callable[[Batch], tuple[T
     return {k: np.array(v) for k, v in out.items()}
 
 
-def commit_shard(output: str, shard: int, digest: str, pieces: list[tuple[int, list[str]]], inputs: int, statuses: dict[str, int], items: int) -> dict:
-    """Merge `pieces` (first input, staged files) into the shard's files, then write its marker. A
-    shard already committed (by a run that died before its driver heard of it, or by this task's
-    earlier attempt) is left as it is: its files are never rewritten under a marker that names them."""
+def commit_shard(
+    output: str, shard: int, digest: str, pieces: list[tuple[int, list[str]]], inputs: int, statuses: dict[str, int], items: int, generation: int = 0
+) -> dict:
+    """Merge `pieces` (first input, staged files) into the shard's files, then write its marker; what
+    it added: {"shard", "inputs", "items"}. Generation 0 is the whole shard. Generation g > 0 holds
+    the inputs that generation g - 1 left retryable, run again: the shard's images/ rows are written
+    anew with theirs in place, its other files are kept and theirs added. A shard already committed
+    at this generation (by a run that died before its driver heard of it, or by this task's earlier
+    attempt) is left as it is: files are never rewritten under a marker that names them."""
     name = shard_name(shard)
     marker_uri = storage.join(output, MARKERS, f"{name}.json")
-    if storage.file_size(marker_uri) is not None:
-        earlier = json.loads(storage.read_bytes(marker_uri))
-        if earlier.get("digest") == digest and earlier["inputs"] == inputs:
-            storage.delete_dir(storage.join(output, STAGING, name))
-            return earlier
+    staging = storage.join(output, STAGING, name)
+    earlier = json.loads(storage.read_bytes(marker_uri)) if storage.file_size(marker_uri) is not None else None
+    if earlier is not None and earlier.get("digest") == digest and earlier.get("generation", 0) >= generation:
+        storage.delete_dir(staging)
+        return {"shard": shard, "inputs": 0 if generation else earlier["inputs"], "items": 0 if generation else earlier["items"]}
+    if generation and (earlier is None or earlier.get("digest") != digest or earlier.get("generation", 0) != generation - 1):
+        raise ValueError(f"shard {shard}: no marker of generation {generation - 1} to retry in {output}")
     by_file: dict[tuple[str, str], list[str]] = {}
     for rel in (rel for _, written in sorted(pieces) for rel in written):
         table, piece = rel.split("/")
-        by_file.setdefault((table, piece.rsplit(".", 1)[1]), []).append(storage.join(output, STAGING, name, rel))
-    files = []
+        by_file.setdefault((table, piece.rsplit(".", 1)[1]), []).append(storage.join(staging, rel))
+    stem = f"{name}-r{generation}" if generation else name
+    files, kept, replaced = [], [], []
+    if generation:
+        replaced = [rel for rel in earlier["files"] if rel.startswith(f"{ROWS}/")]
+        kept = [rel for rel in earlier["files"] if rel not in replaced]
+        rows = with_retried(committed_rows(output, earlier), pa.concat_tables(read_tables(by_file.pop((ROWS, "parquet")))))
+        files += write_parquet(rows.to_batches(ROW_GROUP_ROWS), output, f"{ROWS}/{stem}")
+        statuses = dict(Counter(rows.column("status").to_pylist()))
     for (table, ext), uris in by_file.items():
-        merge = merge_tars if ext == "tar" else merge_parquet
-        files += merge(uris, output, f"{table}/{name}")
-    marker = {"shard": shard, "digest": digest, "inputs": inputs, "statuses": statuses, "items": items, "files": sorted(files)}
+        files += merge_tars(uris, output, f"{table}/{stem}") if ext == "tar" else write_parquet(read_tables(uris), output, f"{table}/{stem}")
+    total_items = items + (earlier["items"] if generation else 0)
+    marker = {"shard": shard, "digest": digest, "generation": generation, "inputs": inputs if not generation else earlier["inputs"],
+              "statuses": statuses, "items": total_items, "files": sorted(kept + files)}
     storage.write_bytes(marker_uri, json.dumps(marker).encode())
-    storage.delete_dir(storage.join(output, STAGING, name))
-    return marker
+    for rel in replaced:
+        storage.delete(storage.join(output, rel))
+    storage.delete_dir(staging)
+    return {"shard": shard, "inputs": 0 if generation else inputs, "items": items}
 
 
-def merge_parquet(uris: list[str], output: str, stem: str) -> list[str]:
-    """Staged Parquet pieces, in order, into files `<stem>-NNN.parquet` of FILE_BYTES or more, but
-    the last, in row groups of ROW_GROUP_ROWS rows or ROW_GROUP_BYTES, whichever comes first."""
+def committed_rows(output: str, marker: dict, columns: list[str] | None = None) -> pa.Table:
+    """A committed shard's images/ rows, one per input in the shard's order."""
+    return pa.concat_tables(read_tables([storage.join(output, rel) for rel in marker["files"] if rel.startswith(f"{ROWS}/")], columns))
+
+
+def retryable(rows: pa.Table) -> np.ndarray:
+    """Which of a shard's rows (in its order) failed in a way that may pass."""
+    return np.isin(np.asarray(rows.column("status").to_pylist(), dtype=object), list(RETRYABLE))
+
+
+def retry_positions(output: str, shard: int) -> np.ndarray:
+    """The places in `shard` of its inputs whose committed rows are retryable."""
+    marker = json.loads(storage.read_bytes(storage.join(output, MARKERS, f"{shard_name(shard)}.json")))
+    return np.flatnonzero(retryable(committed_rows(output, marker, ["status"])))
+
+
+def with_retried(rows: pa.Table, again: pa.Table) -> pa.Table:
+    """A shard's `rows` with its retryable ones replaced by `again`, the rows of those inputs run again, in order."""
+    retried = retryable(rows)
+    if again.num_rows != retried.sum():
+        raise ValueError(f"{again.num_rows} rows came back for {retried.sum()} retried inputs")
+    places = np.concatenate([np.flatnonzero(~retried), np.flatnonzero(retried)])
+    return pa.concat_tables([rows.filter(pa.array(~retried)), again.cast(rows.schema)]).take(pa.array(np.argsort(places, kind="stable")))
+
+
+def write_parquet(tables: Iterable[pa.Table | pa.RecordBatch], output: str, stem: str) -> list[str]:
+    """`tables`, in order, into files `<stem>-NNN.parquet` of FILE_BYTES or more, but the last, in
+    row groups of ROW_GROUP_ROWS rows or ROW_GROUP_BYTES, whichever comes first."""
     written: list[str] = []
     with contextlib.ExitStack() as files:
         writer, size, group = None, 0, []
-        for table in [*read_tables(uris), None]:
+        for table in [*tables, None]:
             group += [table] if table is not None else []
             full = sum(t.num_rows for t in group) >= ROW_GROUP_ROWS or sum(t.nbytes for t in group) >= ROW_GROUP_BYTES
             if not group or not (full or table is None):
@@ -159,7 +204,7 @@ def merge_parquet(uris: list[str], output: str, stem: str) -> list[str]:
                 written.append(f"{stem}-{len(written):03d}.parquet")
                 stream = files.enter_context(storage.output_stream(storage.join(output, written[-1])))
                 writer, size = files.enter_context(pq.ParquetWriter(stream, group[0].schema)), 0
-            rows = pa.concat_tables(group)
+            rows = pa.Table.from_batches([b for t in group for b in (t.to_batches() if isinstance(t, pa.Table) else [t])], group[0].schema)
             writer.write_table(rows, row_group_size=rows.num_rows)
             size += rows.nbytes
             group = []
@@ -229,13 +274,17 @@ def prepare(output: str, run: dict, tables: tuple[str, ...], listing: Listing) -
     """Check the output's settings, read its markers, remove what no marker names; what is done.
 
     A marker counts when its shard still holds the same inputs (the digest of their ids): a shard
-    committed under a smaller --limit, which now holds more, is run again, whole."""
+    committed under a smaller --limit, which now holds more, is run again, whole. A shard with
+    retryable rows is done, and its retryable inputs are run again."""
     check_run(output, run)
-    done, named, statuses, items, inputs = set(), set(), Counter(), 0, 0
+    done, retry, named, statuses, items, inputs = set(), {}, set(), Counter(), 0, 0
     for marker in markers(output):
         shard = marker["shard"]
         if shard < listing.shards and marker.get("digest") == listing.digests[shard]:
             done.add(shard)
+            again = sum(marker["statuses"].get(s, 0) for s in RETRYABLE)
+            if again:
+                retry[shard] = (again, marker.get("generation", 0))
             named.update(marker["files"])
             statuses.update(marker["statuses"])
             items += marker["items"]
@@ -243,7 +292,7 @@ def prepare(output: str, run: dict, tables: tuple[str, ...], listing: Listing) -
         else:
             storage.delete(storage.join(output, MARKERS, f"{shard_name(shard)}.json"))
     storage.delete_dir(storage.join(output, STAGING))
-    return Resume(frozenset(done), inputs, dict(statuses), items, sweep(output, tables, named))
+    return Resume(frozenset(done), retry, inputs, dict(statuses), items, sweep(output, tables, named))
 
 
 def sweep(output: str, tables: tuple[str, ...], named: set[str]) -> int:

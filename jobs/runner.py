@@ -30,7 +30,8 @@ from jobs.resources import TASK_CPUS
 
 PROGRESS_SECONDS = 1.0
 RUN_MEMORY_MIB = 2048  # a run's worker grown by this much ends its run; a new one takes the rest
-RUN_ATTEMPTS = 3  # runs in a row that may fail before the job stops
+RUN_ATTEMPTS = 3  # runs in a row that may fail without committing a shard before the job stops
+RUN_BACKOFF_S = 5.0  # times the failures in a row: the wait before a new run, while Ray notices dead workers and nodes
 COMMIT_RETRIES = 3
 
 
@@ -42,13 +43,22 @@ class OutputTakenError(Exception):
     """Another job took the output's lock over while this one ran."""
 
 
-class ShardSource(Datasource):
-    """One read task per shard, reading its row group of the listing. `read_datasource` is asked for
-    one block per batch, so Ray Data splits each shard into blocks of about a batch (its `position`
-    column keeps each row's place in the shard); read tasks ask for TASK_CPUS, as a whole CPU
-    would not fit beside the actor pools on small nodes."""
+@dataclass(frozen=True)
+class Work:
+    """What a run does with one shard: all its `inputs` (generation 0), or the `inputs` the shard's
+    committed generation - 1 left retryable, committed as `generation`."""
 
-    def __init__(self, output: str, shards: dict[int, int]) -> None:
+    inputs: int
+    generation: int = 0
+
+
+class ShardSource(Datasource):
+    """One read task per shard, reading its row group of the listing (for a retry, the rows of its
+    retryable inputs). `read_datasource` is asked for one block per batch, so Ray Data splits each
+    shard into blocks of about a batch (its `position` column keeps each row's place in the shard);
+    read tasks ask for TASK_CPUS, as a whole CPU would not fit beside the actor pools on small nodes."""
+
+    def __init__(self, output: str, shards: dict[int, Work]) -> None:
         self.output = output
         self.shards = shards
 
@@ -57,21 +67,25 @@ class ShardSource(Datasource):
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
         return [
-            ReadTask(functools.partial(read_shard, self.output, shard), BlockMetadata(num_rows=rows, size_bytes=None, exec_stats=None, input_files=None))
-            for shard, rows in self.shards.items()
+            ReadTask(
+                functools.partial(read_shard, self.output, shard, bool(work.generation)),
+                BlockMetadata(num_rows=work.inputs, size_bytes=None, exec_stats=None, input_files=None),
+            )
+            for shard, work in self.shards.items()
         ]
 
 
-def read_shard(output: str, shard: int) -> list[pa.Table]:
+def read_shard(output: str, shard: int, retry: bool) -> list[pa.Table]:
     table = listing.read_shard(output, shard)
-    n = table.num_rows
-    return [table.append_column("shard", pa.array(np.full(n, shard), pa.int64())).append_column("position", pa.array(np.arange(n), pa.int64()))]
+    places = ledger.retry_positions(output, shard) if retry else np.arange(table.num_rows)
+    table = table.take(pa.array(places))
+    return [table.append_column("shard", pa.array(np.full(len(places), shard), pa.int64())).append_column("position", pa.array(places, pa.int64()))]
 
 
-def source(output: str, shards: dict[int, int], batch_size: int):
+def source(output: str, shards: dict[int, Work], batch_size: int):
     import ray
 
-    blocks = sum(-(-rows // batch_size) for rows in shards.values())
+    blocks = sum(-(-work.inputs // batch_size) for work in shards.values())
     return ray.data.read_datasource(ShardSource(output, shards), override_num_blocks=blocks, num_cpus=TASK_CPUS)
 
 
@@ -92,11 +106,11 @@ class OpenShard:
     statuses: Counter = field(default_factory=Counter)
 
 
-def run_shards(plan: Callable[[dict[int, int]], object], shards: dict[int, int], digests: tuple[str, ...], output: str) -> Iterator[dict]:
-    """Run `plan` of `shards` (shard -> inputs) to its end in this process, committing each shard
-    once its pieces hold all its inputs; yield, at most every PROGRESS_SECONDS, the inputs that came
-    out and the shards committed, and at the end this process's memory when the run started and at
-    its peak. A Ray worker may have run other tasks before this one."""
+def run_shards(plan: Callable[[dict[int, Work]], object], shards: dict[int, Work], digests: tuple[str, ...], output: str) -> Iterator[dict]:
+    """Run `plan` of `shards` to its end in this process, committing each shard once its pieces hold
+    all its work's inputs; yield, at most every PROGRESS_SECONDS, the inputs that came out and what
+    the commits added, and at the end this process's memory when the run started and at its peak.
+    A Ray worker may have run other tasks before this one."""
     import ray
 
     quiet_ray_data()
@@ -119,8 +133,8 @@ def run_shards(plan: Callable[[dict[int, int]], object], shards: dict[int, int],
             state.items += int(items)
             state.statuses.update(json.loads(statuses))
             update["processed"] += int(inputs)
-            if state.inputs == shards[shard]:
-                args = (output, shard, digests[shard], sorted(state.pieces.items()), state.inputs, dict(state.statuses), state.items)
+            if state.inputs == shards[shard].inputs:
+                args = (output, shard, digests[shard], sorted(state.pieces.items()), state.inputs, dict(state.statuses), state.items, shards[shard].generation)
                 committing[commit.remote(*args)] = shard
                 del open_shards[shard]
         update["committed"] += collect(committing, wait=False)
@@ -136,37 +150,33 @@ def run_shards(plan: Callable[[dict[int, int]], object], shards: dict[int, int],
 
 
 def collect(committing: dict, wait: bool) -> list[dict]:
-    """The markers of the commits that have finished (all of them with `wait`)."""
+    """What the commits that have finished added (all of them with `wait`): {"shard", "inputs", "items"}."""
     import ray
 
     if not committing:
         return []
     ready, _ = ray.wait(list(committing), num_returns=len(committing), timeout=None if wait else 0)
-    markers = ray.get(ready)
+    added = ray.get(ready)
     for ref in ready:
         del committing[ref]
-    return [{k: m[k] for k in ("shard", "inputs", "statuses", "items")} for m in markers]
+    return added
 
 
 @dataclass
 class Totals:
+    """What this job's runs committed: inputs newly committed, items (faces, pairs) added."""
+
     inputs: int = 0
     items: int = 0
-    statuses: Counter = field(default_factory=Counter)
-
-    def add(self, marker: dict) -> None:
-        self.inputs += marker["inputs"]
-        self.items += marker["items"]
-        self.statuses.update(marker["statuses"])
 
 
 def drive(
-    plan: Callable[[dict[int, int]], object], shards: dict[int, int], digests: tuple[str, ...], output: str, desc: str, unit: str,
+    plan: Callable[[dict[int, Work]], object], shards: dict[int, Work], digests: tuple[str, ...], output: str, desc: str, unit: str,
     lost: Callable[[], bool], done: Totals,
 ) -> None:
     """Run every shard, in as few runs as memory allows, with one progress bar, adding what is
-    committed to `done`; start a failed run again for the shards not yet committed, RUN_ATTEMPTS
-    times in a row at most."""
+    committed to `done`; start a failed run again for the shards not yet committed, until
+    RUN_ATTEMPTS runs in a row have failed without committing a shard."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     from tqdm import tqdm
@@ -174,8 +184,8 @@ def drive(
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)  # a worker node lost leaves the run alive
     runner = ray.remote(num_cpus=0, max_calls=1, max_retries=0)(run_shards).options(scheduling_strategy=here)
     pending = dict(shards)
-    failures, runs, start = 0, 0, time.monotonic()
-    with tqdm(total=sum(shards.values()), unit="img", desc=desc, file=sys.stderr) as bar:
+    failures, runs, finished, start = 0, 0, 0, time.monotonic()
+    with tqdm(total=sum(w.inputs for w in shards.values()), unit="img", desc=desc, file=sys.stderr) as bar:
         while pending:
             runs += 1
             before = len(pending)
@@ -183,10 +193,11 @@ def drive(
                 for ref in runner.remote(plan, dict(pending), digests, output):
                     update = ray.get(ref)
                     bar.update(update["processed"])
-                    for marker in update["committed"]:
-                        del pending[marker["shard"]]
-                        done.add(marker)
-                    bar.set_postfix({unit: done.items, "committed": done.inputs, f"{unit}_per_s": f"{done.items / max(time.monotonic() - start, 1e-9):.3f}"})
+                    for added in update["committed"]:
+                        finished += pending.pop(added["shard"]).inputs
+                        done.inputs += added["inputs"]
+                        done.items += added["items"]
+                    bar.set_postfix({unit: done.items, "committed": finished, f"{unit}_per_s": f"{done.items / max(time.monotonic() - start, 1e-9):.3f}"})
                     if lost():
                         raise OutputTakenError(f"another job took over {output} while this one ran; what this one committed is kept")
                 grown = update["peak_mib"] - update["start_mib"]
@@ -198,10 +209,14 @@ def drive(
             except ray.exceptions.RayError as exc:
                 reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
             if pending:
-                failures += 1
+                failures = (0 if len(pending) < before else failures) + 1
                 if failures >= RUN_ATTEMPTS:
-                    raise RunFailedError(f"the run failed {failures} times in a row ({reason}); {len(pending)} shards are not committed: run the same command again") from None
+                    raise RunFailedError(
+                        f"{failures} runs in a row failed without committing a shard (the last: {reason}); {len(pending)} shards are not "
+                        "committed: run the same command again"
+                    ) from None
                 bar.write(f"run {runs} stopped ({reason}); a new run takes the {len(pending)} shards not yet committed", file=sys.stderr)
-                bar.n = done.inputs
+                bar.n = finished
                 bar.refresh()
+                time.sleep(RUN_BACKOFF_S * failures)
     release_freed_memory()

@@ -11,7 +11,7 @@ from jobs.stages import front, models
 
 def front_stages(common, detection: Detection, ctx: Context) -> list[Stage]:
     """Read, decode and, for whole images, detect (where no manifest landmarks are given) and align."""
-    found = [stage(front.read_images), stage(front.decode_images, max_pixels=common.max_pixels, aligned=common.aligned)]
+    found = [stage(front.read_images, attempts=common.read_attempts), stage(front.decode_images, max_pixels=common.max_pixels, aligned=common.aligned)]
     if ctx.detecting:
         found.append(stage(front.DetectFaces, MODEL, 1, detection.config.batch_size, config=detection.config, weights=detection.weights,
                            weights_dir=common.weights_dir, synthetic=ctx.synthetic, device=ctx.place.device))

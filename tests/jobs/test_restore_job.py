@@ -186,6 +186,7 @@ def test_summary_and_rerun(restored_on_s3):
         (["--input", "{tmp}/in", "--output", "{tmp}/out", "--aligned"], "cannot find codeformer.pth"),
         (["--input", "{tmp}/empty", "--output", "{tmp}/out", "--aligned", "--synthetic-weights"], "no images"),
         (["--input", "s3://no-such-bucket/x", "--output", "{tmp}/out", "--aligned", "--synthetic-weights"], "no-such-bucket"),
+        (["--input", "{tmp}/in", "--output", "s3://no-such-out/x", "--aligned", "--synthetic-weights"], "cannot write to output s3://no-such-out/x: the bucket no-such-out does not exist\n"),
     ],
 )
 def test_configuration_errors_stop_before_work(tmp_path, s3, monkeypatch, capsys, args, message):

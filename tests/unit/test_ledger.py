@@ -3,6 +3,7 @@
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -44,14 +45,23 @@ def tables(b: dict) -> tuple[dict, dict]:
             info = tarfile.TarInfo(f"{i}.json")
             info.size = 2
             t.addfile(info, io.BytesIO(b"{}"))
-    return {"images": pa.table({"image_id": ids}), "faces": pa.table({"image_id": faces})}, {"shards": tar.getvalue()}
+    images = pa.table({"image_id": ids, "status": [str(s) for s in b["status"]]})
+    return {"images": images, "faces": pa.table({"image_id": faces})}, {"shards": tar.getvalue()}
 
 
-def commit(out: str, staged: list[dict], shard: int) -> dict:
-    pieces = [(int(r["first"][k]), json.loads(r["written"][k])) for r in staged for k in range(len(r["shard"])) if r["shard"][k] == shard]
-    inputs = sum(int(r["inputs"][k]) for r in staged for k in range(len(r["shard"])) if r["shard"][k] == shard)
-    items = sum(int(r["items"][k]) for r in staged for k in range(len(r["shard"])) if r["shard"][k] == shard)
-    return ledger.commit_shard(out, shard, digest(shard, inputs), pieces, inputs, {"ok": items}, items)
+def commit(out: str, staged: list[dict], shard: int, generation: int = 0, rows: int | None = None) -> dict:
+    """Commit the staged pieces of `shard` (of `rows` inputs, default those staged) as the runner would; its marker."""
+    mine = [(r, k) for r in staged for k in range(len(r["shard"])) if r["shard"][k] == shard]
+    pieces = [(int(r["first"][k]), json.loads(r["written"][k])) for r, k in mine]
+    inputs = sum(int(r["inputs"][k]) for r, k in mine)
+    items = sum(int(r["items"][k]) for r, k in mine)
+    statuses: dict = {}
+    for r, k in mine:
+        for status, n in json.loads(r["statuses"][k]).items():
+            statuses[status] = statuses.get(status, 0) + n
+    added = ledger.commit_shard(out, shard, digest(shard, rows or inputs), pieces, inputs, statuses, items, generation)
+    assert added["shard"] == shard
+    return {**json.loads((Path(out) / ledger.MARKERS / f"shard-{shard:08d}.json").read_text()), "added": added}
 
 
 def test_pieces_merge_into_one_file_per_table_in_input_order_and_a_marker(tmp_path):
@@ -80,7 +90,7 @@ def test_a_shard_committed_once_is_not_rewritten(tmp_path):
 
     again = commit(out, again_staged, 0)  # a run that died before its driver heard of the first commit
 
-    assert first == again
+    assert first == {**again, "added": first["added"]} and again["added"] == {"shard": 0, "inputs": 2, "items": 2}
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "images").iterdir()} == files
     assert pq.read_table(tmp_path / "images").num_rows == 2 and not (tmp_path / ledger.STAGING / "shard-00000000").exists()
 
@@ -129,7 +139,7 @@ def test_a_rerun_counts_committed_shards_and_removes_the_rest(tmp_path):
 
     resume = ledger.prepare(out, RUN, TABLES, listing(5, 2))
 
-    assert resume.done == {0, 2} and resume.inputs == 3 and resume.items == 3 and resume.statuses == {"ok": 3}
+    assert resume.done == {0, 2} and resume.inputs == 3 and resume.items == 3 and resume.statuses == {"ok": 3} and resume.retry == {}
     assert resume.removed == 1 and not (tmp_path / ledger.STAGING).exists()
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["shard-00000000-000.parquet", "shard-00000002-000.parquet"]
 
@@ -156,3 +166,31 @@ def test_other_settings_and_the_old_layout_are_refused(tmp_path):
     (tmp_path / "old" / ledger.OLD_LAYOUT / "part-a.json").write_text("{}")
     with pytest.raises(ledger.OutputMismatchError, match="earlier version"):
         ledger.prepare(str(tmp_path / "old"), RUN, TABLES, listing(1, 1))
+
+
+def test_a_retry_runs_only_the_retryable_inputs_and_replaces_their_rows(tmp_path):
+    out = str(tmp_path)
+    ledger.prepare(out, RUN, TABLES, listing(4, 4))
+    commit(out, [ledger.stage(batch(0, [0, 1, 2, 3], ["ok", "unavailable", "read_error", "unavailable"]), out, "faces", tables)], 0)
+    first_images = sorted(p.name for p in (tmp_path / "images").iterdir())
+
+    resume = ledger.prepare(out, RUN, TABLES, listing(4, 4))
+    places = ledger.retry_positions(out, 0)
+    staged = [ledger.stage(batch(0, [1], ["ok"]), out, "faces", tables), ledger.stage(batch(0, [3], ["unavailable"]), out, "faces", tables)]
+    marker = commit(out, staged, 0, generation=1, rows=4)
+
+    assert resume.done == {0} and resume.retry == {0: (2, 0)} and places.tolist() == [1, 3]
+    images = pq.read_table(tmp_path / "images")
+    assert images.column("image_id").to_pylist() == ["0-0", "0-1", "0-2", "0-3"]
+    assert images.column("status").to_pylist() == ["ok", "ok", "read_error", "unavailable"]
+    assert sorted(pq.read_table(tmp_path / "faces").column("image_id").to_pylist()) == ["0-0", "0-1"]
+    assert marker["generation"] == 1 and marker["statuses"] == {"ok": 2, "read_error": 1, "unavailable": 1} and marker["items"] == 2
+    assert marker["added"] == {"shard": 0, "inputs": 0, "items": 1}
+    assert first_images == ["shard-00000000-000.parquet"] and sorted(p.name for p in (tmp_path / "images").iterdir()) == ["shard-00000000-r1-000.parquet"]
+    assert sorted(marker["files"]) == ["faces/shard-00000000-000.parquet", "faces/shard-00000000-r1-000.parquet", "images/shard-00000000-r1-000.parquet",
+                                       "shards/shard-00000000-000.tar", "shards/shard-00000000-r1-000.tar"]
+
+    again = commit(out, [ledger.stage(batch(0, [1, 3], ["ok", "ok"]), out, "faces", tables)], 0, generation=1, rows=4)  # a retried commit task
+
+    assert again["added"]["items"] == 0 and {k: v for k, v in again.items() if k != "added"} == {k: v for k, v in marker.items() if k != "added"}
+    assert ledger.prepare(out, RUN, TABLES, listing(4, 4)).retry == {0: (1, 1)}
