@@ -12,6 +12,7 @@ import functools
 import itertools
 import os
 import random
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,7 +31,10 @@ CHECK_ATTEMPTS = 3  # tries of the first request to a bucket, so that a wrong en
 BACKOFF_SECONDS = 20.0  # the longest wait between two tries
 # Local errors that may pass: timeouts, and what network filesystems and FUSE mounts of object stores report
 TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.ETIMEDOUT, errno.ESTALE, errno.EIO, errno.ECONNRESET, errno.ECONNABORTED,
-                              errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH})
+                              errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+# S3 error codes that may pass besides 5xx and 429: throttling, timeouts, a token or clock to be refreshed
+TRANSIENT_S3_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded",
+                                "ExpiredToken", "TokenRefreshRequired", "RequestTimeTooSkewed"})
 
 
 class ReadError(OSError):
@@ -232,26 +236,34 @@ def _backoff(attempt: int) -> None:
     time.sleep(random.uniform(0, min(BACKOFF_SECONDS, 2.0 ** (attempt - 1))))
 
 
-def s3_client(attempts: int = OTHER_ATTEMPTS):
+_CLIENTS_LOCK = threading.Lock()
+
+
+def s3_client(attempts: int = OTHER_ATTEMPTS, quick: bool = False):
     """A boto3 S3 client of this process (thread-safe) whose requests botocore tries `attempts`
-    times in all on throttling, 5xx, resets and timeouts, with exponential backoff. The endpoint
-    and credentials come from the standard AWS configuration, AWS_ENDPOINT_URL(_S3) included."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    return _s3_client(endpoint, os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"), attempts)
+    times in all on throttling, 5xx, resets and timeouts, with exponential backoff (and, as its
+    standard mode does, fewer while most requests of the client fail). `quick`: short timeouts,
+    for checks that must answer within seconds. The endpoint and credentials come from the
+    standard AWS configuration, AWS_ENDPOINT_URL(_S3) included."""
+    settings = tuple(os.environ.get(k) for k in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_ACCESS_KEY_ID"))
+    with _CLIENTS_LOCK:  # botocore sessions are not thread-safe while they make a client
+        return _s3_client(settings, attempts, quick)
 
 
 @functools.lru_cache(maxsize=8)
-def _s3_client(endpoint: str | None, region: str | None, attempts: int):
+def _s3_client(settings: tuple[str | None, ...], attempts: int, quick: bool):
     import boto3
     from botocore.config import Config
 
-    config = Config(connect_timeout=10, read_timeout=60, retries={"total_max_attempts": attempts, "mode": "standard"}, max_pool_connections=32)
-    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+    endpoint_s3, endpoint, region, default_region = settings[:4]
+    timeouts = {"connect_timeout": 3, "read_timeout": 5} if quick else {"connect_timeout": 10, "read_timeout": 60}
+    config = Config(**timeouts, retries={"total_max_attempts": attempts, "mode": "standard"}, max_pool_connections=32)
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_s3 or endpoint, region_name=region or default_region, config=config)
 
 
 def _read_s3(uri: str, attempts: int) -> bytes:
     """botocore retries the request; a body cut off while it streams is fetched again here."""
-    from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError, IncompleteReadError
+    from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     for attempt in range(1, attempts + 1):
@@ -259,35 +271,36 @@ def _read_s3(uri: str, attempts: int) -> bytes:
             response = s3_client(attempts).get_object(Bucket=bucket, Key=key)
         except ClientError as exc:
             raise ReadError(s3_error(exc, uri), s3_transient(exc)) from None
-        except (ConnectionError, HTTPClientError) as exc:  # refused, reset, timed out: botocore has tried `attempts` times
+        except ParamValidationError as exc:  # a bad bucket name or key: retrying cannot help
+            raise ReadError(f"S3 GetObject {uri}: {exc}", False) from None
+        except BotoCoreError as exc:  # refused, reset, timed out, credentials not fetched in time: botocore has tried
             raise ReadError(f"S3 GetObject {uri}: {type(exc).__name__}: {exc} (after {attempts} attempts)", True) from None
-        except BotoCoreError as exc:  # no credentials, a bad bucket name: retrying cannot help
-            raise ReadError(f"S3 GetObject {uri}: {type(exc).__name__}: {exc}", False) from None
         try:
             with contextlib.closing(response["Body"]) as body:
                 return body.read()
-        except (HTTPClientError, IncompleteReadError, ConnectionError) as exc:
+        except BotoCoreError as exc:  # cut off, timed out, or a checksum that does not match
             if attempt == attempts:
-                raise ReadError(f"S3 GetObject {uri}: the body was cut off: {type(exc).__name__}: {exc} (after {attempts} attempts)", True) from None
+                raise ReadError(f"S3 GetObject {uri}: the body did not arrive whole: {type(exc).__name__}: {exc} (after {attempts} attempts)", True) from None
             _backoff(attempt)
     raise AssertionError("unreachable")
 
 
 def check_bucket(uri: str) -> None:
-    """OSError with a plain reason, within seconds, when the bucket of an s3:// URI is missing or out
-    of reach (rather than the advice of pyarrow's S3 client, which would create it)."""
+    """OSError with a plain reason, within seconds, when the bucket of an s3:// URI does not exist
+    or the endpoint does not answer (rather than the advice of pyarrow's S3 client, which would
+    create the bucket). No right to the bucket itself (HTTP 403) passes: a policy may allow a
+    prefix's objects alone, and the first real request tells."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket = uri.removeprefix("s3://").split("/", 1)[0]
     try:
-        s3_client(CHECK_ATTEMPTS).head_bucket(Bucket=bucket)
+        s3_client(CHECK_ATTEMPTS, quick=True).head_bucket(Bucket=bucket)
     except ClientError as exc:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if status == 404:
             raise OSError(f"the bucket {bucket} does not exist") from None
-        if status == 403:
-            raise OSError(f"no access to the bucket {bucket} (HTTP 403): check the credentials and the bucket's policy") from None
-        raise OSError(s3_error(exc, f"s3://{bucket}")) from None
+        if status != 403:
+            raise OSError(s3_error(exc, f"s3://{bucket}")) from None
     except BotoCoreError as exc:
         raise OSError(f"S3 HeadBucket s3://{bucket}: {type(exc).__name__}: {exc}") from None
 
@@ -303,7 +316,7 @@ def s3_error(exc, uri: str) -> str:
 def s3_transient(exc) -> bool:
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
     code = exc.response.get("Error", {}).get("Code", "")
-    return status >= 500 or status == 429 or code in ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded")
+    return status >= 500 or status == 429 or code in TRANSIENT_S3_CODES
 
 
 def write_bytes(uri: str, data: bytes) -> None:

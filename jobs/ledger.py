@@ -163,6 +163,21 @@ def commit_shard(
     return {"shard": shard, "inputs": 0 if generation else inputs, "items": items}
 
 
+def already_committed(output: str, shards: dict[int, int], digests: tuple[str, ...]) -> list[int]:
+    """Of `shards` (shard -> the generation a run is to commit), those whose marker holds that
+    generation already: committed by a run that died before its driver heard of it."""
+
+    def done(shard: int, generation: int) -> bool:
+        uri = storage.join(output, MARKERS, f"{shard_name(shard)}.json")
+        if storage.file_size(uri) is None:
+            return False
+        marker = json.loads(storage.read_bytes(uri))
+        return marker.get("digest") == digests[shard] and marker.get("generation", 0) >= generation
+
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        return [shard for shard, yes in zip(shards, pool.map(done, shards, shards.values())) if yes]
+
+
 def committed_rows(output: str, marker: dict, columns: list[str] | None = None) -> pa.Table:
     """A committed shard's images/ rows, one per input in the shard's order."""
     return pa.concat_tables(read_tables([storage.join(output, rel) for rel in marker["files"] if rel.startswith(f"{ROWS}/")], columns))
@@ -182,8 +197,8 @@ def retry_positions(output: str, shard: int) -> np.ndarray:
 def with_retried(rows: pa.Table, again: pa.Table) -> pa.Table:
     """A shard's `rows` with its retryable ones replaced by `again`, the rows of those inputs run again, in order."""
     retried = retryable(rows)
-    if again.num_rows != retried.sum():
-        raise ValueError(f"{again.num_rows} rows came back for {retried.sum()} retried inputs")
+    if rows.filter(pa.array(retried)).column("image_id").to_pylist() != again.column("image_id").to_pylist():
+        raise ValueError(f"the {again.num_rows} rows that came back are not those of the {retried.sum()} retried inputs")
     places = np.concatenate([np.flatnonzero(~retried), np.flatnonzero(retried)])
     return pa.concat_tables([rows.filter(pa.array(~retried)), again.cast(rows.schema)]).take(pa.array(np.argsort(places, kind="stable")))
 

@@ -118,6 +118,7 @@ def run_shards(plan: Callable[[dict[int, Work]], object], shards: dict[int, Work
     start_mib = memory_mib("VmRSS")
     commit = ray.remote(num_cpus=TASK_CPUS, max_retries=COMMIT_RETRIES, retry_exceptions=True)(ledger.commit_shard)
     open_shards: dict[int, OpenShard] = {}
+    closed: set[int] = set()  # shards whose commit has started
     committing: dict = {}
     update: dict = {"processed": 0, "committed": []}
     last, recycled = time.monotonic(), False
@@ -126,7 +127,7 @@ def run_shards(plan: Callable[[dict[int, Work]], object], shards: dict[int, Work
         for shard, first, inputs, items, statuses, written in zip(*(batch[k] for k in ("shard", "first", "inputs", "items", "statuses", "written"))):
             shard, first = int(shard), int(first)
             state = open_shards.setdefault(shard, OpenShard())
-            if first in state.pieces:  # a piece comes out once; this guards the count if it ever came twice
+            if first in state.pieces or shard in closed:  # a piece comes out once; this guards the count if it ever came twice
                 continue
             state.pieces[first] = json.loads(written)
             state.inputs += int(inputs)
@@ -137,6 +138,7 @@ def run_shards(plan: Callable[[dict[int, Work]], object], shards: dict[int, Work
                 args = (output, shard, digests[shard], sorted(state.pieces.items()), state.inputs, dict(state.statuses), state.items, shards[shard].generation)
                 committing[commit.remote(*args)] = shard
                 del open_shards[shard]
+                closed.add(shard)
         update["committed"] += collect(committing, wait=False)
         if time.monotonic() - last >= PROGRESS_SECONDS:
             yield update
@@ -208,6 +210,10 @@ def drive(
                 reason = "it grew by its memory limit before committing a shard" if update["recycled"] else "it ended with shards whose inputs did not all come out"
             except ray.exceptions.RayError as exc:
                 reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+            # A retry's read takes the inputs its shard's marker still has retryable: once that shard
+            # is committed (by a run that died before it was heard), a run given it would wait for inputs that never come.
+            for shard in ledger.already_committed(output, {k: w.generation for k, w in pending.items() if w.generation}, digests):
+                finished += pending.pop(shard).inputs
             if pending:
                 failures = (0 if len(pending) < before else failures) + 1
                 if failures >= RUN_ATTEMPTS:

@@ -25,6 +25,8 @@ def read_images(batch: Batch, attempts: int) -> pa.Table:
             return storage.read_bytes(uri, attempts), OK, None
         except storage.ReadError as exc:
             return b"", UNAVAILABLE if exc.transient else READ_ERROR, str(exc)
+        except Exception as exc:  # anything else a client may raise is this input's row, not the job's end
+            return b"", READ_ERROR, short_error(exc)
 
     uris = [str(u) for u in batch["source_uri"]]
     with ThreadPoolExecutor(min(READ_THREADS, max(len(uris), 1))) as pool:

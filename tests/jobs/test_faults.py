@@ -3,6 +3,7 @@ Ray worker processes killed mid-run, Ctrl-C, and folders with links, GIFs, TIFFs
 The contract: one row per input, with a reason, nothing lost and nothing doubled."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,15 +40,19 @@ def rows(out: Path, table: str = "images") -> pd.DataFrame:
 
 
 def test_throttling_and_resets_on_every_request_are_retried_within_the_run(s3_faces, s3_env, tmp_path):
+    """Half the requests fail (listing included); only the check of the bucket, which is to fail
+    fast, is spared. 14 tries leave an object unread with odds 0.51^14, below 1e-4."""
+    s3_faces.applies = lambda method, path: not (method == "HEAD" and "/" not in path.strip("/"))
     s3_faces.set(slow_down=0.3, reset=0.3)
     out = tmp_path / "out"
+    args = ["--input", f"s3://{BUCKET}/in", "--output", str(out), "--aligned", "--metrics", "sharpness", "--read-attempts", "14"]
 
-    result = run_job("jobs.audit", ["--input", f"s3://{BUCKET}/in", "--output", str(out), "--aligned", "--metrics", "sharpness"], through(s3_faces, tmp_path, s3_env))
+    result = run_job("jobs.audit", args, through(s3_faces, tmp_path, s3_env))
 
     assert result.returncode == 0, result.stderr[-3000:]
     images = rows(out)
     assert len(images) == 10 and images.image_id.is_unique and set(images.status) == {"ok"}
-    assert s3_faces.counts["slow_down"] >= 3 and s3_faces.counts["reset"] >= 3, s3_faces.counts
+    assert s3_faces.counts["slow_down"] + s3_faces.counts["reset"] >= 3, s3_faces.counts  # about half of some 20 requests
     assert "constructor arguments in the object store" not in result.stderr  # Ray's known-harmless error line is dropped
 
 
@@ -171,19 +176,18 @@ def test_killed_ray_workers_mid_run_leave_exactly_one_row_per_input(tmp_path, ru
 
 def test_ctrl_c_stops_within_seconds_with_one_line_and_the_rerun_completes(tmp_path):
     args, out, code, text, took = hit_mid_run(tmp_path, lambda job: job.send_signal(signal.SIGINT))
-    committed = sum(1 for _ in (out / "_shards").glob("*.json")) * 10
 
-    assert code == 130 and took < 15, (code, took, text[-3000:])
+    assert code == 130 and took < 20, (code, took, text[-3000:])
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
     last = text.strip().splitlines()[-1]
     assert last.startswith("interrupted: ") and "run the same command again" in last
-    assert int(last.split()[1]) <= committed
     assert not (out / "_lock.json").exists()
 
     rerun = run_job("jobs.audit", args, job_env(tmp_path))
 
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"{committed} already done, {60 - committed} to process" in rerun.stderr
+    done, todo = (int(n) for n in re.search(r"(\d+) already done, (\d+) to process", rerun.stderr).groups())
+    assert done + todo == 60 and int(last.split()[1]) <= done and done >= 10  # a commit under way at the interrupt may end after it
     exactly_once(out, 60)
 
 

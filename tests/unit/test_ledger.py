@@ -193,4 +193,13 @@ def test_a_retry_runs_only_the_retryable_inputs_and_replaces_their_rows(tmp_path
     again = commit(out, [ledger.stage(batch(0, [1, 3], ["ok", "ok"]), out, "faces", tables)], 0, generation=1, rows=4)  # a retried commit task
 
     assert again["added"]["items"] == 0 and {k: v for k, v in again.items() if k != "added"} == {k: v for k, v in marker.items() if k != "added"}
+    assert ledger.already_committed(out, {0: 1}, (digest(0, 4),)) == [0] and ledger.already_committed(out, {0: 2}, (digest(0, 4),)) == []
     assert ledger.prepare(out, RUN, TABLES, listing(4, 4)).retry == {0: (1, 1)}
+
+
+def test_rows_that_come_back_for_other_inputs_are_refused(tmp_path):
+    out = str(tmp_path)
+    commit(out, [ledger.stage(batch(0, [0, 1], ["unavailable", "ok"]), out, "faces", tables)], 0)
+
+    with pytest.raises(ValueError, match="not those of the 1 retried inputs"):
+        commit(out, [ledger.stage(batch(0, [1], ["ok"]), out, "faces", tables)], 0, generation=1, rows=2)
