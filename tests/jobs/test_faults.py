@@ -122,7 +122,9 @@ def hit_mid_run(tmp_path: Path, act) -> tuple[list[str], Path, int, str, float]:
     out, log = tmp_path / "out", tmp_path / "run.log"
     args = audit_args(inputs, out, "--shard-size", "10", "--batch-size", "4")
     with open(log, "w") as sink:
-        job = subprocess.Popen([sys.executable, "-m", "jobs.audit", *args], cwd=ROOT, env=job_env(tmp_path), stdout=sink, stderr=sink)
+        # SIGINT as a terminal leaves it: a suite started in the background (`cmd &`) ignores it, and so would the job
+        job = subprocess.Popen([sys.executable, "-m", "jobs.audit", *args], cwd=ROOT, env=job_env(tmp_path), stdout=sink, stderr=sink,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 600
         while not list((out / "_shards").glob("*.json")):
