@@ -264,9 +264,7 @@ def main(job: Job, argv: list[str] | None = None) -> int:
             storage.delete_dir(storage.join(common.output, ledger.STAGING))
             final = ledger.markers(common.output)
             ledger.sweep(common.output, job.tables, {rel for marker in final for rel in marker["files"]})
-            statuses, items = Counter(), sum(marker["items"] for marker in final)
-            for marker in final:
-                statuses.update(marker["statuses"])
+            statuses, items, _ = ledger.totals(final)
         extra = job.finish(common, cfg, bool(pending)) if job.finish else []
         lines = summary(job, common, inputs.rows, statuses, items, done.items, time.monotonic() - start) + extra
         print("\n".join(lines + ([SYNTHETIC_NOTE] if synthetic else [])))

@@ -292,22 +292,28 @@ def prepare(output: str, run: dict, tables: tuple[str, ...], listing: Listing) -
     committed under a smaller --limit, which now holds more, is run again, whole. A shard with
     retryable rows is done, and its retryable inputs are run again."""
     check_run(output, run)
-    done, retry, named, statuses, items, inputs = set(), {}, set(), Counter(), 0, 0
+    kept, retry = [], {}
     for marker in markers(output):
         shard = marker["shard"]
         if shard < listing.shards and marker.get("digest") == listing.digests[shard]:
-            done.add(shard)
+            kept.append(marker)
             again = sum(marker["statuses"].get(s, 0) for s in RETRYABLE)
             if again:
                 retry[shard] = (again, marker.get("generation", 0))
-            named.update(marker["files"])
-            statuses.update(marker["statuses"])
-            items += marker["items"]
-            inputs += marker["inputs"]
         else:
             storage.delete(storage.join(output, MARKERS, f"{shard_name(shard)}.json"))
     storage.delete_dir(storage.join(output, STAGING))
-    return Resume(frozenset(done), retry, inputs, dict(statuses), items, sweep(output, tables, named))
+    statuses, items, inputs = totals(kept)
+    removed = sweep(output, tables, {rel for marker in kept for rel in marker["files"]})
+    return Resume(frozenset(m["shard"] for m in kept), retry, inputs, dict(statuses), items, removed)
+
+
+def totals(markers: list[dict]) -> tuple[Counter, int, int]:
+    """What `markers` hold together: inputs by status, items, inputs."""
+    statuses: Counter = Counter()
+    for marker in markers:
+        statuses.update(marker["statuses"])
+    return statuses, sum(m["items"] for m in markers), sum(m["inputs"] for m in markers)
 
 
 def sweep(output: str, tables: tuple[str, ...], named: set[str]) -> int:
