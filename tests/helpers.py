@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from codeformer_core.samples import synthetic_face
 from codeformer_core.weights import SYNTHETIC_MARKER, synthetic_codeformer_state_dict
 
 
@@ -32,3 +33,12 @@ def save_synthetic_codeformer(path: Path, seed: int = 1) -> Path:
     torch.save({"params_ema": synthetic_codeformer_state_dict(seed), SYNTHETIC_MARKER: f"random weights, seed {seed}"}, partial)
     os.replace(partial, path)
     return path
+
+
+def varied_face(seed: int) -> np.ndarray:
+    """A synthetic aligned face whose hair, background and lighting differ from those of other seeds
+    at the scale a perceptual hash sees (an 8x8 random field), as two real people's photos do; the
+    plain synthetic faces share one drawing and hash alike."""
+    rng = np.random.default_rng(seed)
+    field = cv2.resize(rng.uniform(-60, 60, (8, 8)), (512, 512), interpolation=cv2.INTER_CUBIC)
+    return np.clip(synthetic_face(seed, degrade=False) + field[..., None], 0, 255).astype(np.uint8)
