@@ -70,7 +70,12 @@ def summarize(output: str, restore: bool, measures: Measures, gallery_size: int)
                 if row["keep"]:
                     manifest.setdefault(row["source_uri"], []).append(row["landmarks"])
             kept += sum(len(v) for v in manifest.values())
-            uris = sorted(manifest)
-            landmarks = [None if any(lm is None for lm in manifest[u]) else [[float(v) for v in lm] for lm in manifest[u]] for u in uris]
-            writer.write_table(pa.table({"source_uri": uris, "landmarks": landmarks}, schema=KEPT_SCHEMA))
+            writer.write_table(manifest_table(manifest))
     return summary, kept
+
+
+def manifest_table(manifest: dict[str, list]) -> pa.Table:
+    """kept.parquet rows: each source with the landmarks of its kept faces (null where a face has none: an aligned input)."""
+    uris = sorted(manifest)
+    landmarks = [None if any(lm is None for lm in manifest[u]) else [[float(v) for v in lm] for lm in manifest[u]] for u in uris]
+    return pa.table({"source_uri": uris, "landmarks": landmarks}, schema=KEPT_SCHEMA)

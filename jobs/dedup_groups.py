@@ -1,0 +1,282 @@
+"""The dedup job's pass after its shards are committed: the whole corpus grouped cell by cell, as Ray tasks.
+
+Under <output>/_dedup/, each file with a fixed name, written whole (a task Ray runs twice, or a
+rerun after a crash, writes the same bytes):
+- centroids.npy: spherical k-means cells, trained on a sample of every shard's embeddings;
+- assigned/shard-K.parquet: a shard's faces, once per cell they are searched in, sorted by cell with
+  one row group per cell, so that a cell's task reads only its row groups;
+- links/cell-N.parquet and near/cell-N.parquet: what each cell found (codeformer_core.grouping);
+- decisions.parquet: every face in some group, by face_id, with its groups and keep decision.
+Then faces/shard-K-000.parquet per shard (embedded/ rows with their decisions) and, last, done.json
+with the settings, which lets a rerun with nothing new skip all of it.
+
+Memory per task: a cell's task holds its faces about `probes` times (members and the faces that
+probe it), each about 2.3 KB with its 512 float32 and keys, plus its search results (neighbours x
+16 bytes per face); the merge holds one 80-byte link row per grouped face found in any cell, and
+the decisions of the grouped faces. Nothing in the driver grows with the faces: it holds one small
+entry per shard and per cell.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+import schemas
+import schemas.dedup_embedded
+import schemas.dedup_faces
+from codeformer_core import grouping, storage
+from codeformer_core.grouping import Faces, GroupConfig
+from jobs import ledger
+from jobs.stages.dedup import FACE_BITS, PLACE_BITS
+
+WORK = "_dedup"
+DONE = f"{WORK}/done.json"
+SAMPLE_PER_CELL = 256  # k-means sample: faiss's own cap of points per centroid
+WINDOW = 32  # tasks in flight
+GALLERY_MEMBERS = 8
+NEAR_PAIRS = 12
+ROW_GROUP = 65536
+KEYS = ["face_id", "embedding", "phash", "content_sha256", "face_size", "det_score", "sharpness", "image_id", "face_index"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the grouping depends on besides the embeddings: a rerun with other settings groups again."""
+
+    config: GroupConfig
+    keep_by: str
+    partition_size: int
+    gallery_size: int
+
+
+def shard_of(face_id: int) -> int:
+    return face_id >> (FACE_BITS + PLACE_BITS)
+
+
+def shard_files(output: str) -> list[tuple[int, list[str]]]:
+    """Each committed shard with faces, and the URIs of its embedded/ files."""
+    found = []
+    for marker in ledger.markers(output):
+        files = [storage.join(output, rel) for rel in marker["files"] if rel.startswith("embedded/")]
+        if files:
+            found.append((marker["shard"], files))
+    return sorted(found)
+
+
+def faces_of(t: pa.Table, keep_by: str) -> Faces:
+    def floats(name: str) -> np.ndarray:
+        return t.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+
+    return Faces(
+        face_id=t.column("face_id").to_numpy(),
+        embedding=embeddings(t),
+        phash=t.column("phash").to_numpy(),
+        sha256=np.asarray(t.column("content_sha256").to_pylist(), dtype=str),
+        keep_value=floats(keep_by),
+        face_size=floats("face_size"),
+        sharpness=floats("sharpness"),
+        image_id=np.asarray(t.column("image_id").to_pylist(), dtype=str),
+        face_index=t.column("face_index").to_numpy(),
+    )
+
+
+def embeddings(t: pa.Table) -> np.ndarray:
+    column = t.column("embedding").combine_chunks()
+    return column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), -1)
+
+
+def write_table(t: pa.Table, uri: str, row_groups: Iterable[pa.Table] | None = None) -> None:
+    with storage.output_stream(uri) as stream, pq.ParquetWriter(stream, t.schema) as writer:
+        for part in row_groups if row_groups is not None else [t]:
+            writer.write_table(part, row_group_size=ROW_GROUP)
+
+
+def train(output: str, shards: list[tuple[int, list[str]]], cells: int) -> np.ndarray:
+    """Cells from the first embeddings of every shard, about SAMPLE_PER_CELL per cell in all."""
+    per_shard = max(1, -(-cells * SAMPLE_PER_CELL // len(shards)))
+    sample = []
+    for _, files in shards:
+        filesystem, path = storage.filesystem_and_path(files[0])
+        with filesystem.open_input_file(path) as f:
+            first = pq.ParquetFile(f).iter_batches(batch_size=per_shard, columns=["embedding"])
+            sample.append(embeddings(pa.Table.from_batches([next(first)])))
+    centroids = grouping.train_partitions(np.concatenate(sample), cells)
+    buffer = io.BytesIO()
+    np.save(buffer, centroids)
+    storage.write_bytes(storage.join(output, WORK, "centroids.npy"), buffer.getvalue())
+    return centroids
+
+
+def assign(output: str, shard: int, files: list[str], centroids: np.ndarray, probes: int, keep_by: str) -> None:
+    """The shard's faces, each once per cell it is searched in (`home` in its nearest), sorted by cell."""
+    t = pa.concat_tables(ledger.read_tables(files, KEYS))
+    cells = grouping.nearest_partitions(embeddings(t), centroids, probes)
+    rows = np.repeat(np.arange(t.num_rows), cells.shape[1])
+    out = t.take(pa.array(rows)).append_column("cell", pa.array(cells.reshape(-1), pa.int32()))
+    out = out.append_column("home", pa.array(np.tile(np.arange(cells.shape[1]) == 0, t.num_rows)))
+    out = out.sort_by([("cell", "ascending"), ("face_id", "ascending")])
+    cell = out.column("cell").to_numpy()
+    starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+    write_table(out, assigned_uri(output, shard), (out.slice(s, e - s) for s, e in zip(starts, np.r_[starts[1:], len(cell)])))
+
+
+def assigned_uri(output: str, shard: int) -> str:
+    return storage.join(output, WORK, "assigned", f"{ledger.shard_name(shard)}.parquet")
+
+
+def search_cell(output: str, cell: int, shards: list[int], settings: Settings) -> None:
+    """One cell's links and near pairs, from its row groups of every shard's assigned faces."""
+    filesystem, _ = storage.filesystem_and_path(output)
+    paths = [storage.filesystem_and_path(assigned_uri(output, s))[1] for s in shards]
+    t = pads.dataset(paths, filesystem=filesystem, format="parquet").to_table(filter=pc.field("cell") == cell)
+    home = t.column("home").to_numpy(zero_copy_only=False)
+    faces = faces_of(t, settings.keep_by)
+    links, near = grouping.partition_links(faces.take(np.flatnonzero(home)), faces.take(np.flatnonzero(~home)), settings.config, NEAR_PAIRS)
+    write_table(links, storage.join(output, WORK, "links", f"cell-{cell:06d}.parquet"))
+    write_table(near, storage.join(output, WORK, "near", f"cell-{cell:06d}.parquet"))
+
+
+def read_dir(output: str, name: str, schema: pa.Schema) -> pa.Table:
+    uris = storage.list_files(storage.join(output, WORK, name))
+    return pa.concat_tables([schema.empty_table(), *ledger.read_tables(sorted(uris))])
+
+
+def merge(output: str, settings: Settings) -> dict:
+    """Every cell's links joined into the corpus' groups and decided; returns what the report shows of them."""
+    decisions = grouping.decide(grouping.merge_links(read_dir(output, "links", grouping.LINK_SCHEMA)), settings.config)
+    write_table(decisions, storage.join(output, WORK, "decisions.parquet"))
+    near = read_dir(output, "near", grouping.NEAR_SCHEMA)
+    return {
+        "dropped": dict(Counter(d[0] for d in decisions.column("dropped_by").to_pylist() if d)),
+        "dup_sizes": size_counts(decisions, "dup_group", "dup_group_size"),
+        "identity_sizes": size_counts(decisions, "identity", "identity_size"),
+        "dup_gallery": largest(decisions, "dup_group", "dup_group_size", settings.gallery_size),
+        "identity_gallery": largest(decisions, "identity", "identity_size", settings.gallery_size),
+        "near": {rule: closest(near, rule, settings.config) for rule in ("duplicate", "identity")},
+    }
+
+
+def size_counts(decisions: pa.Table, label: str, size: str) -> list[list[int]]:
+    """[size, how many groups have it], for sizes of 2 and more."""
+    t = decisions.filter(pc.is_valid(decisions.column(label))).group_by(label).aggregate([(size, "max")])
+    sizes, counts = np.unique(t.column(f"{size}_max").to_numpy(), return_counts=True)
+    return [[int(s), int(c)] for s, c in zip(sizes, counts) if s > 1]
+
+
+def largest(decisions: pa.Table, label: str, size: str, count: int) -> list[dict]:
+    """The `count` largest groups (ties by label), each with its size and up to GALLERY_MEMBERS faces, kept first."""
+    t = decisions.filter(pc.greater(decisions.column(size), 1)) if decisions.num_rows else decisions
+    top = t.group_by(label).aggregate([(size, "max")]).sort_by([(f"{size}_max", "descending"), (label, "ascending")]).slice(0, count)
+    out = []
+    for row in top.to_pylist():
+        members = t.filter(pc.equal(t.column(label), row[label])).sort_by([("keep", "descending"), ("face_id", "ascending")])
+        out.append({"group": row[label], "size": row[f"{size}_max"], "faces": members.column("face_id").to_pylist()[:GALLERY_MEMBERS],
+                    "keep": members.column("keep").to_pylist()[:GALLERY_MEMBERS]})
+    return out
+
+
+def closest(near: pa.Table, rule: str, cfg: GroupConfig) -> list[dict]:
+    t = near.filter(pc.equal(near.column("rule"), rule))
+    margin = np.abs(t.column("cosine").to_numpy() - cfg.identity_cosine) if rule == "identity" else np.abs(t.column("phash_distance").to_numpy() - cfg.phash_distance - 0.5)
+    t = t.append_column("margin", pa.array(margin)).sort_by([("margin", "ascending"), ("a", "ascending"), ("b", "ascending")])
+    rows, seen = [], set()
+    for row in t.to_pylist():
+        if (row["a"], row["b"]) not in seen:
+            seen.add((row["a"], row["b"]))
+            rows.append({k: row[k] for k in ("a", "b", "cosine", "phash_distance")})
+        if len(rows) == NEAR_PAIRS:
+            break
+    return rows
+
+
+def faces_uri(output: str, shard: int) -> str:
+    return storage.join(output, "faces", f"{ledger.shard_name(shard)}-000.parquet")
+
+
+def write_faces(output: str, shard: int, files: list[str]) -> int:
+    """The shard's faces/ file: its embedded/ rows with their groups (a face in none is its own group, kept); how many kept."""
+    t = pa.concat_tables(ledger.read_tables(files, [f.name for f in schemas.dedup_embedded.FACE]))
+    low, high = shard << (FACE_BITS + PLACE_BITS), (shard + 1) << (FACE_BITS + PLACE_BITS)
+    filesystem, path = storage.filesystem_and_path(storage.join(output, WORK, "decisions.parquet"))
+    decided = pq.read_table(path, filesystem=filesystem, filters=[("face_id", ">=", low), ("face_id", "<", high)])
+    face_id, decided_id = t.column("face_id").to_numpy(), decided.column("face_id").to_numpy()
+    at = np.minimum(np.searchsorted(decided_id, face_id), max(len(decided_id) - 1, 0))
+    found = pa.array(decided_id[at] == face_id if len(decided_id) else np.zeros(len(face_id), bool))
+    schema = schemas.dedup_faces.SCHEMA
+    alone = {"dup_group": t.column("face_id"), "dup_group_size": 1, "identity": None, "identity_size": None, "keep": True, "dropped_by": []}
+    for name, value in alone.items():
+        otherwise = value if isinstance(value, pa.ChunkedArray) else pa.scalar(value, schema.field(name).type)
+        picked = decided.column(name).take(pa.array(at)) if len(decided_id) else pa.nulls(t.num_rows, schema.field(name).type)
+        t = t.append_column(name, pc.if_else(found, picked, otherwise))
+    t = schemas.conform(t, schema)
+    write_table(t, faces_uri(output, shard))
+    return int(pc.sum(t.column("keep")).as_py() or 0)
+
+
+def run_tasks(fn: Callable, calls: Iterable[tuple], what: str) -> Iterator[object]:
+    """`fn` as Ray tasks over `calls`, at most WINDOW in flight; their results in any order, with progress."""
+    import ray
+
+    remote = ray.remote(num_cpus=1, max_retries=3)(fn)
+    pending, done, last = [], 0, time.monotonic()
+    for args in calls:
+        pending.append(remote.remote(*args))
+        while len(pending) >= WINDOW:
+            ready, pending = ray.wait(pending, num_returns=1)
+            done += 1
+            yield ray.get(ready[0])
+            if time.monotonic() - last > 10:
+                print(f"  {what}: {done} done", file=sys.stderr)
+                last = time.monotonic()
+    yield from ray.get(pending)
+
+
+def regroup(output: str, settings: Settings, faces: int) -> dict:
+    """Group the committed faces, writing faces/ and done.json; what the report shows."""
+    if storage.file_size(storage.join(output, DONE)) is not None:
+        storage.delete(storage.join(output, DONE))
+    for name in ("assigned", "links", "near"):
+        storage.delete_dir(storage.join(output, WORK, name))
+    shards = shard_files(output)
+    start = time.monotonic()
+    cells = grouping.partition_count(faces, settings.partition_size)
+    import ray
+
+    print(f"grouping {faces} faces of {len(shards)} shards in {cells} cells", file=sys.stderr)
+    centroids = ray.get(ray.remote(num_cpus=1, max_retries=3)(train).remote(output, shards, cells)) if shards else np.zeros((0, 512), np.float32)
+    cells = len(centroids)
+    centroids_ref = ray.put(centroids)
+    probes, keep_by = settings.config.probes, settings.keep_by
+    list(run_tasks(assign, ((output, s, f, centroids_ref, probes, keep_by) for s, f in shards), "assigning faces to cells"))
+    with_faces = [s for s, _ in shards]
+    list(run_tasks(search_cell, ((output, c, with_faces, settings) for c in range(cells)), "searching cells"))
+    shown = ray.get(ray.remote(num_cpus=1, max_retries=3)(merge).remote(output, settings))
+    kept = sum(run_tasks(write_faces, ((output, s, f) for s, f in shards), "writing faces/"))
+    print(f"grouped in {time.monotonic() - start:.1f} s", file=sys.stderr)
+    shown |= {"faces": faces, "kept": kept, "settings": settings_record(settings)}
+    storage.write_bytes(storage.join(output, DONE), json.dumps(shown, sort_keys=True).encode())
+    return shown
+
+
+def settings_record(settings: Settings) -> dict:
+    return json.loads(json.dumps(asdict(settings)))
+
+
+def done(output: str, settings: Settings) -> dict | None:
+    """What an earlier grouping with the same settings left, when it finished."""
+    if storage.file_size(storage.join(output, DONE)) is None:
+        return None
+    shown = json.loads(storage.read_bytes(storage.join(output, DONE)))
+    return shown if shown.get("settings") == settings_record(settings) else None
