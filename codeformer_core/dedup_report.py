@@ -17,6 +17,7 @@ EXTRA_STYLE = """
 .dropped{opacity:.45}
 .pairs{display:flex;flex-wrap:wrap;gap:16px}
 .bar{background:#1f77b4;height:12px}
+#rules td{text-align:left}
 """
 
 
@@ -79,7 +80,7 @@ def render(shown: dict, images: int, thumbnails: Mapping[int, bytes], title: str
     rules = [
         ("duplicate", f"same file bytes, or pHash distance <= {cfg['phash_distance']} of 64 bits and ArcFace cosine >= {cfg['dup_cosine']}"),
         ("identity", f"ArcFace cosine >= {cfg['identity_cosine']} between neighbours, joined transitively; clusters of at least {cfg['min_identity_size']}"),
-        ("keep", f"one face per duplicate group, the best by {shown['settings']['keep_by']}, then face size, sharpness, image id"
+        ("keep", f"one face per duplicate group, the best by {' then '.join(dict.fromkeys([shown['settings']['keep_by'], 'face_size', 'sharpness', 'image id']))}"
                  + (f"; at most {cfg['max_per_identity']} per identity cluster" if cfg["max_per_identity"] else "")),
     ]
     near = shown["near"]

@@ -83,7 +83,7 @@ def train_partitions(sample: np.ndarray, cells: int, seed: int = 0) -> np.ndarra
     if cells <= 1:
         mean = x.mean(axis=0, keepdims=True)
         return mean / max(float(np.linalg.norm(mean)), 1e-12)
-    kmeans = faiss.Kmeans(x.shape[1], cells, niter=20, seed=seed, spherical=True, max_points_per_centroid=256)
+    kmeans = faiss.Kmeans(x.shape[1], cells, niter=20, seed=seed, spherical=True, max_points_per_centroid=256, min_points_per_centroid=1)
     kmeans.train(x)
     return kmeans.centroids.copy()
 

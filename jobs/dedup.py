@@ -23,7 +23,6 @@ import argparse
 import sys
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -32,10 +31,11 @@ from codeformer_core import dedup_report, storage
 from codeformer_core.grouping import GroupConfig
 from jobs import cli, dedup_groups, ledger
 from jobs.audit_report import KEPT_MANIFEST, KEPT_SCHEMA, manifest_table
-from jobs.cli import Measures, UsageError, positive_int
+from jobs.cli import Measures, positive_int
 from jobs.driver import Common, Job, main, start_ray
 from jobs.pipeline import Context, Stage, stage
 from jobs.resources import MODEL
+from jobs.runner import RunFailedError
 from jobs.shared_stages import check_weights, front_stages
 from jobs.stages.dedup import EmbedFaces, hash_sources, write_dedup
 
@@ -113,7 +113,11 @@ def finish(common: Common, cfg: DedupConfig, changed: bool) -> list[str]:
 
     if not ray.is_initialized():
         start_ray(common)
-    shown = dedup_groups.regroup(output, cfg.settings, faces)
+    try:
+        shown = dedup_groups.regroup(output, cfg.settings, faces)
+    except (ray.exceptions.RayError, OSError) as exc:
+        first = str(exc).strip().splitlines()
+        raise RunFailedError(f"grouping failed: {first[-1] if first else type(exc).__name__}; the embedded faces are kept: run the same command again to group them") from None
     write_kept(output)
     title = f"Duplicates and identities in {common.input}" + (" (SYNTHETIC WEIGHTS: embeddings are not real)" if common.synthetic else "")
     storage.write_bytes(report, dedup_report.render(shown, sum(statuses.values()), thumbnails(output, dedup_report.shown_faces(shown)), title))
@@ -123,7 +127,6 @@ def finish(common: Common, cfg: DedupConfig, changed: bool) -> list[str]:
 
 def write_kept(output: str) -> None:
     """kept.parquet from faces/, file by file (a file holds whole images)."""
-    filesystem, path = storage.filesystem_and_path(storage.join(output, KEPT_MANIFEST))
     with storage.output_stream(storage.join(output, KEPT_MANIFEST)) as stream, pq.ParquetWriter(stream, KEPT_SCHEMA) as writer:
         for faces in ledger.read_tables(storage.list_files(storage.join(output, "faces"), ".parquet"), ["source_uri", "landmarks", "keep"]):
             manifest: dict[str, list] = {}

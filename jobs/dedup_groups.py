@@ -110,8 +110,9 @@ def train(output: str, shards: list[tuple[int, list[str]]], cells: int) -> np.nd
     for _, files in shards:
         filesystem, path = storage.filesystem_and_path(files[0])
         with filesystem.open_input_file(path) as f:
-            first = pq.ParquetFile(f).iter_batches(batch_size=per_shard, columns=["embedding"])
-            sample.append(embeddings(pa.Table.from_batches([next(first)])))
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=per_shard, columns=["embedding"]):
+                sample.append(embeddings(pa.Table.from_batches([batch])))
+                break
     centroids = grouping.train_partitions(np.concatenate(sample), cells)
     buffer = io.BytesIO()
     np.save(buffer, centroids)
@@ -225,11 +226,18 @@ def write_faces(output: str, shard: int, files: list[str]) -> int:
     return int(pc.sum(t.column("keep")).as_py() or 0)
 
 
+def task(fn: Callable):
+    """`fn` as a Ray task: run again when its worker dies, or when storage fails in a way that may pass."""
+    import ray
+
+    return ray.remote(num_cpus=1, max_retries=3, retry_exceptions=[OSError])(fn)
+
+
 def run_tasks(fn: Callable, calls: Iterable[tuple], what: str) -> Iterator[object]:
     """`fn` as Ray tasks over `calls`, at most WINDOW in flight; their results in any order, with progress."""
     import ray
 
-    remote = ray.remote(num_cpus=1, max_retries=3)(fn)
+    remote = task(fn)
     pending, done, last = [], 0, time.monotonic()
     for args in calls:
         pending.append(remote.remote(*args))
@@ -255,14 +263,14 @@ def regroup(output: str, settings: Settings, faces: int) -> dict:
     import ray
 
     print(f"grouping {faces} faces of {len(shards)} shards in {cells} cells", file=sys.stderr)
-    centroids = ray.get(ray.remote(num_cpus=1, max_retries=3)(train).remote(output, shards, cells)) if shards else np.zeros((0, 512), np.float32)
+    centroids = ray.get(task(train).remote(output, shards, cells)) if shards else np.zeros((0, 512), np.float32)
     cells = len(centroids)
     centroids_ref = ray.put(centroids)
     probes, keep_by = settings.config.probes, settings.keep_by
     list(run_tasks(assign, ((output, s, f, centroids_ref, probes, keep_by) for s, f in shards), "assigning faces to cells"))
     with_faces = [s for s, _ in shards]
     list(run_tasks(search_cell, ((output, c, with_faces, settings) for c in range(cells)), "searching cells"))
-    shown = ray.get(ray.remote(num_cpus=1, max_retries=3)(merge).remote(output, settings))
+    shown = ray.get(task(merge).remote(output, settings))
     kept = sum(run_tasks(write_faces, ((output, s, f) for s, f in shards), "writing faces/"))
     print(f"grouped in {time.monotonic() - start:.1f} s", file=sys.stderr)
     shown |= {"faces": faces, "kept": kept, "settings": settings_record(settings)}

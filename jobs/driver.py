@@ -265,7 +265,14 @@ def main(job: Job, argv: list[str] | None = None) -> int:
             final = ledger.markers(common.output)
             ledger.sweep(common.output, job.tables, {rel for marker in final for rel in marker["files"]})
             statuses, items, _ = ledger.totals(final)
-        extra = job.finish(common, cfg, bool(pending)) if job.finish else []
+        try:
+            extra = job.finish(common, cfg, bool(pending)) if job.finish else []
+        except UsageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except runner.RunFailedError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         lines = summary(job, common, inputs.rows, statuses, items, done.items, time.monotonic() - start) + extra
         print("\n".join(lines + ([SYNTHETIC_NOTE] if synthetic else [])))
         return 0
