@@ -23,6 +23,7 @@ import faiss
 import imagehash
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -143,13 +144,15 @@ def candidate_pairs(members: Faces, queries: Faces, neighbours: int, chunk: int 
     return np.concatenate(q_rows), np.concatenate(m_rows), np.concatenate(sims)
 
 
-def same_bytes_pairs(faces: Faces) -> np.ndarray:
-    """Faces of identical source files, as (face_id, face_id) pairs chaining each set."""
-    order = np.argsort(faces.sha256, kind="stable")
-    sha = faces.sha256[order]
-    same = np.flatnonzero(sha[1:] == sha[:-1])
-    ids = faces.face_id[order]
-    return unique_pairs(ids[same], ids[same + 1])
+def same_bytes_pairs(faces: Faces, cfg: GroupConfig) -> np.ndarray:
+    """Faces of identical source files with the same face index and a close pHash (a manifest may give
+    one file twice with other landmarks), as (face_id, face_id) pairs chaining each set."""
+    key = np.char.add(faces.sha256.astype(str), np.char.mod(":%d", faces.face_index))
+    order = np.argsort(key, kind="stable")
+    same = np.flatnonzero(key[order][1:] == key[order][:-1])
+    a, b = order[same], order[same + 1]
+    close = hamming(faces.phash[a], faces.phash[b]) <= cfg.phash_distance
+    return unique_pairs(faces.face_id[a[close]], faces.face_id[b[close]])
 
 
 def local_roots(face_id: np.ndarray, pairs: np.ndarray) -> np.ndarray:
@@ -185,7 +188,7 @@ def partition_links(members: Faces, visitors: Faces, cfg: GroupConfig, near: int
     a, b = faces.face_id[q], members.face_id[m]
     hashes = hamming(faces.phash[q], members.phash[m])
     duplicate = (sim >= cfg.dup_cosine) & (hashes <= cfg.phash_distance)
-    dup_pairs = np.concatenate([unique_pairs(a[duplicate], b[duplicate]), same_bytes_pairs(faces)])
+    dup_pairs = np.concatenate([unique_pairs(a[duplicate], b[duplicate]), same_bytes_pairs(faces, cfg)])
     identity_pairs = unique_pairs(a[sim >= cfg.identity_cosine], b[sim >= cfg.identity_cosine])
     ids, first = np.unique(faces.face_id, return_index=True)
     faces = faces.take(first)
@@ -244,15 +247,7 @@ def decide(merged: pa.Table, cfg: GroupConfig) -> pa.Table:
     ident = merged.column("identity").to_numpy()
     ident_size = group_sizes(ident)
     ident = np.where((ident == NO_GROUP) | (ident_size < cfg.min_identity_size), NO_GROUP, ident)
-    best_first = np.lexsort(
-        (
-            merged.column("face_index").to_numpy(),
-            np.asarray(merged.column("image_id").to_pylist(), dtype=str),
-            -np.nan_to_num(merged.column("sharpness").to_numpy(zero_copy_only=False).astype(np.float64), nan=-np.inf),
-            -np.nan_to_num(merged.column("face_size").to_numpy(zero_copy_only=False).astype(np.float64), nan=-np.inf),
-            -np.nan_to_num(merged.column("keep_value").to_numpy(zero_copy_only=False).astype(np.float64), nan=-np.inf),
-        )
-    )
+    best_first = best_order(merged).to_numpy()
     rank = np.empty(n, dtype=np.int64)
     rank[best_first] = np.arange(n)
     keep = first_of_groups(dup, rank)
@@ -271,9 +266,21 @@ def decide(merged: pa.Table, cfg: GroupConfig) -> pa.Table:
             "identity": pa.array(np.where(ident == NO_GROUP, None, ident), pa.int64()),
             "identity_size": pa.array(np.where(ident == NO_GROUP, None, ident_size), pa.int64()),
             "keep": keep,
-            "dropped_by": [[d] if d else [] for d in dropped],
+            "dropped_by": pa.array([[d] if d else [] for d in dropped], pa.list_(pa.string())),
         }
     )
+
+
+def best_order(faces: pa.Table) -> pa.Array:
+    """Row numbers of `faces`, the best first by the keep rule (a missing measure counts as worst)."""
+    def worst_missing(name: str) -> pa.Array:
+        values = pc.cast(faces.column(name), pa.float64()).fill_null(-math.inf)
+        return pc.if_else(pc.is_nan(values), -math.inf, values)
+
+    keys = pa.table({"keep_value": worst_missing("keep_value"), "face_size": worst_missing("face_size"), "sharpness": worst_missing("sharpness"),
+                     "image_id": faces.column("image_id"), "face_index": faces.column("face_index")})
+    order = [("keep_value", "descending"), ("face_size", "descending"), ("sharpness", "descending"), ("image_id", "ascending"), ("face_index", "ascending")]
+    return pc.sort_indices(keys, sort_keys=order)
 
 
 def group_sizes(labels: np.ndarray) -> np.ndarray:

@@ -44,14 +44,20 @@ DEFAULTS = GroupConfig()
 
 
 def unit_interval(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a cosine between -1 and 1, got {text!r}") from None
     if not -1.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"a cosine is between -1 and 1, got {text}")
     return value
 
 
 def hash_distance(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of bits from 0 to 64, got {text!r}") from None
     if not 0 <= value <= 64:
         raise argparse.ArgumentTypeError(f"a distance of 64-bit hashes is 0 to 64, got {text}")
     return value
@@ -59,16 +65,16 @@ def hash_distance(text: str) -> int:
 
 def add_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("grouping (a rerun with other values groups the embedded faces again)")
-    g.add_argument("--phash-distance", type=hash_distance, default=DEFAULTS.phash_distance, help=f"duplicates: at most this many of the 64 pHash bits differ (default {DEFAULTS.phash_distance}, imagededup's); with --dup-cosine")
-    g.add_argument("--dup-cosine", type=unit_interval, default=DEFAULTS.dup_cosine, help=f"duplicates: and ArcFace cosine at least this (default {DEFAULTS.dup_cosine}); -1 leaves duplicates to the pHash alone among each face's neighbours")
-    g.add_argument("--identity-threshold", type=unit_interval, default=DEFAULTS.identity_cosine, help=f"one identity: ArcFace cosine at least this (default {DEFAULTS.identity_cosine}, immich's cosine distance 0.5)")
-    g.add_argument("--min-identity-size", type=positive_int, default=DEFAULTS.min_identity_size, help=f"faces an identity cluster needs to be named (default {DEFAULTS.min_identity_size}, immich's)")
-    g.add_argument("--max-per-identity", type=positive_int, default=None, help="keep at most N faces of each identity cluster, the best first (default: no cap)")
+    g.add_argument("--phash-distance", metavar="BITS", type=hash_distance, default=DEFAULTS.phash_distance, help=f"duplicates: at most this many of the 64 pHash bits differ (default {DEFAULTS.phash_distance}, imagededup's); with --dup-cosine")
+    g.add_argument("--dup-cosine", metavar="COSINE", type=unit_interval, default=DEFAULTS.dup_cosine, help=f"duplicates: and ArcFace cosine at least this (default {DEFAULTS.dup_cosine}); -1 leaves duplicates to the pHash alone among each face's neighbours")
+    g.add_argument("--identity-threshold", metavar="COSINE", type=unit_interval, default=DEFAULTS.identity_cosine, help=f"one identity: ArcFace cosine at least this (default {DEFAULTS.identity_cosine}, immich's cosine distance 0.5)")
+    g.add_argument("--min-identity-size", metavar="N", type=positive_int, default=DEFAULTS.min_identity_size, help=f"faces an identity cluster needs to be named (default {DEFAULTS.min_identity_size}, immich's)")
+    g.add_argument("--max-per-identity", metavar="N", type=positive_int, default=None, help="keep at most N faces of each identity cluster, the best first (default: no cap)")
     g.add_argument("--keep-by", choices=KEEP_BY, default="face_size", help="which face of a group is best, before face size, sharpness and image id (default face_size)")
-    g.add_argument("--neighbours", type=positive_int, default=DEFAULTS.neighbours, help=f"nearest neighbours searched per face (default {DEFAULTS.neighbours})")
-    g.add_argument("--probes", type=positive_int, default=DEFAULTS.probes, help=f"k-means cells each face is searched in, its own and the nearest others (default {DEFAULTS.probes})")
-    g.add_argument("--partition-size", type=positive_int, default=20000, help="faces per k-means cell on average: a cell's task holds about probes x this many embeddings (default 20000)")
-    g.add_argument("--gallery-size", type=positive_int, default=8, help="largest groups and clusters shown in the report (default 8)")
+    g.add_argument("--neighbours", metavar="K", type=positive_int, default=DEFAULTS.neighbours, help=f"nearest neighbours searched per face (default {DEFAULTS.neighbours})")
+    g.add_argument("--probes", metavar="P", type=positive_int, default=DEFAULTS.probes, help=f"k-means cells each face is searched in, its own and the nearest others: more find more pairs that straddle cells, at that many times the search (default {DEFAULTS.probes})")
+    g.add_argument("--partition-size", metavar="FACES", type=positive_int, default=20000, help="faces per k-means cell on average: a cell's task holds about probes x this many embeddings (default 20000)")
+    g.add_argument("--gallery-size", metavar="N", type=positive_int, default=8, help="largest groups and clusters shown in the report (default 8)")
     p.add_argument("--arcface-weights", default=None, help="ArcFace checkpoint: path or s3:// URI (default: the official file, found as the README says)")
     cli.add_detect_flags(p)
 
@@ -104,23 +110,25 @@ def stages(common: Common, cfg: DedupConfig, ctx: Context) -> list[Stage]:
 
 
 def finish(common: Common, cfg: DedupConfig, changed: bool) -> list[str]:
-    output, report = common.output, storage.join(common.output, "report.html")
-    shown = None if changed else dedup_groups.done(output, cfg.settings)
-    if shown is not None and storage.file_size(report) is not None:
+    output, report = common.output, storage.join(common.output, dedup_groups.REPORT)
+    markers = ledger.markers(output)
+    committed = dedup_groups.committed_digest(markers)
+    if dedup_groups.done(output, cfg.settings, committed) is not None:
         return [f"nothing new to group: {output}/faces/, {output}/{KEPT_MANIFEST} and {report} are as the earlier run left them"]
-    statuses, faces, _ = ledger.totals(ledger.markers(output))
+    statuses, faces, _ = ledger.totals(markers)
     import ray
 
     if not ray.is_initialized():
         start_ray(common)
     try:
         shown = dedup_groups.regroup(output, cfg.settings, faces)
+        write_kept(output)
+        title = f"Duplicates and identities in {common.input}" + (" (SYNTHETIC WEIGHTS: embeddings are not real)" if common.synthetic else "")
+        storage.write_bytes(report, dedup_report.render(shown, sum(statuses.values()), thumbnails(output, dedup_report.shown_faces(shown)), title))
+        dedup_groups.mark_done(output, shown, committed)
     except (ray.exceptions.RayError, OSError) as exc:
         first = str(exc).strip().splitlines()
         raise RunFailedError(f"grouping failed: {first[-1] if first else type(exc).__name__}; the embedded faces are kept: run the same command again to group them") from None
-    write_kept(output)
-    title = f"Duplicates and identities in {common.input}" + (" (SYNTHETIC WEIGHTS: embeddings are not real)" if common.synthetic else "")
-    storage.write_bytes(report, dedup_report.render(shown, sum(statuses.values()), thumbnails(output, dedup_report.shown_faces(shown)), title))
     removed = ", ".join(f"{n} as {reason}" for reason, n in sorted(shown["dropped"].items())) or "none"
     return [f"kept {shown['kept']} of {faces} faces (removed: {removed}): {output}/faces/, {output}/{KEPT_MANIFEST}; report: {report}"]
 

@@ -2,23 +2,26 @@
 
 Under <output>/_dedup/, each file with a fixed name, written whole (a task Ray runs twice, or a
 rerun after a crash, writes the same bytes):
-- centroids.npy: spherical k-means cells, trained on a sample of every shard's embeddings;
-- assigned/shard-K.parquet: a shard's faces, once per cell they are searched in, sorted by cell with
-  one row group per cell, so that a cell's task reads only its row groups;
+- centroids.npy: spherical k-means cells, trained on a sample spread over the shards;
+- assigned/bucket-B/group-G.parquet: the faces of a group of shards (about FACES_PER_ASSIGN),
+  once per cell they are searched in, for the cells of bucket B (CELLS_PER_BUCKET of them), sorted
+  by cell with one row group per cell: a cell's task reads its row group of its bucket's files;
 - links/cell-N.parquet and near/cell-N.parquet: what each cell found (codeformer_core.grouping);
 - decisions.parquet: every face in some group, by face_id, with its groups and keep decision.
-Then faces/shard-K-000.parquet per shard (embedded/ rows with their decisions) and, last, done.json
-with the settings, which lets a rerun with nothing new skip all of it.
+Then faces/shard-K-000.parquet per shard (embedded/ rows with their decisions); the job then
+writes kept.parquet, the report and, last, done.json with the settings and the committed shards,
+which lets a rerun with nothing new skip all of it.
 
 Memory per task: a cell's task holds its faces about `probes` times (members and the faces that
 probe it), each about 2.3 KB with its 512 float32 and keys, plus its search results (neighbours x
-16 bytes per face); the merge holds one 80-byte link row per grouped face found in any cell, and
-the decisions of the grouped faces. Nothing in the driver grows with the faces: it holds one small
-entry per shard and per cell.
+16 bytes per face); an assign task its group's faces `probes` times; the merge one link row
+(about 80 bytes) per grouped face and cell that found it, a few times that while it sorts.
+Nothing in the driver grows with the faces: it holds one small entry per shard and per cell.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sys
@@ -39,10 +42,15 @@ import schemas.dedup_faces
 from codeformer_core import grouping, storage
 from codeformer_core.grouping import Faces, GroupConfig
 from jobs import ledger
+from jobs.audit_report import KEPT_MANIFEST as KEPT
 from jobs.stages.dedup import FACE_BITS, PLACE_BITS
 
 WORK = "_dedup"
 DONE = f"{WORK}/done.json"
+REPORT = "report.html"
+CELLS_PER_BUCKET = 64  # cells whose assigned faces share a file of each assign group
+FACES_PER_ASSIGN = 100_000  # faces an assign task reads (shards are grouped up to this)
+SAMPLE_SHARDS = 256  # shards the k-means sample is taken from
 SAMPLE_PER_CELL = 256  # k-means sample: faiss's own cap of points per centroid
 WINDOW = 32  # tasks in flight
 GALLERY_MEMBERS = 8
@@ -94,7 +102,7 @@ def faces_of(t: pa.Table, keep_by: str) -> Faces:
 
 def embeddings(t: pa.Table) -> np.ndarray:
     column = t.column("embedding").combine_chunks()
-    return column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), -1)
+    return column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), column.type.list_size)
 
 
 def write_table(t: pa.Table, uri: str, row_groups: Iterable[pa.Table] | None = None) -> None:
@@ -104,15 +112,14 @@ def write_table(t: pa.Table, uri: str, row_groups: Iterable[pa.Table] | None = N
 
 
 def train(output: str, shards: list[tuple[int, list[str]]], cells: int) -> np.ndarray:
-    """Cells from the first embeddings of every shard, about SAMPLE_PER_CELL per cell in all."""
-    per_shard = max(1, -(-cells * SAMPLE_PER_CELL // len(shards)))
+    """Cells from about SAMPLE_PER_CELL embeddings per cell, taken evenly from the first file of at
+    most SAMPLE_SHARDS shards spread evenly over the listing."""
+    picked = [shards[i] for i in np.unique(np.linspace(0, len(shards) - 1, min(len(shards), SAMPLE_SHARDS)).round().astype(int))]
+    per_shard = max(1, -(-cells * SAMPLE_PER_CELL // len(picked)))
     sample = []
-    for _, files in shards:
-        filesystem, path = storage.filesystem_and_path(files[0])
-        with filesystem.open_input_file(path) as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=per_shard, columns=["embedding"]):
-                sample.append(embeddings(pa.Table.from_batches([batch])))
-                break
+    for _, files in picked:
+        column = next(ledger.read_tables(files[:1], ["embedding"]))
+        sample.append(embeddings(column.take(pa.array(np.unique(np.linspace(0, column.num_rows - 1, min(per_shard, column.num_rows)).astype(int))))))
     centroids = grouping.train_partitions(np.concatenate(sample), cells)
     buffer = io.BytesIO()
     np.save(buffer, centroids)
@@ -120,8 +127,15 @@ def train(output: str, shards: list[tuple[int, list[str]]], cells: int) -> np.nd
     return centroids
 
 
-def assign(output: str, shard: int, files: list[str], centroids: np.ndarray, probes: int, keep_by: str) -> None:
-    """The shard's faces, each once per cell it is searched in (`home` in its nearest), sorted by cell."""
+def assign_groups(shards: list[tuple[int, list[str]]], faces: int) -> list[tuple[int, list[str]]]:
+    """Consecutive shards in groups of about FACES_PER_ASSIGN faces, each group's files together."""
+    per = max(1, round(FACES_PER_ASSIGN * len(shards) / max(faces, 1)))
+    return [(g, [uri for _, files in shards[i : i + per] for uri in files]) for g, i in enumerate(range(0, len(shards), per))]
+
+
+def assign(output: str, group: int, files: list[str], centroids: np.ndarray, probes: int) -> None:
+    """A group's faces, each once per cell it is searched in (`home` in its nearest), in one file per
+    bucket of CELLS_PER_BUCKET cells, sorted by cell with one row group per cell."""
     t = pa.concat_tables(ledger.read_tables(files, KEYS))
     cells = grouping.nearest_partitions(embeddings(t), centroids, probes)
     rows = np.repeat(np.arange(t.num_rows), cells.shape[1])
@@ -130,21 +144,27 @@ def assign(output: str, shard: int, files: list[str], centroids: np.ndarray, pro
     out = out.sort_by([("cell", "ascending"), ("face_id", "ascending")])
     cell = out.column("cell").to_numpy()
     starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
-    write_table(out, assigned_uri(output, shard), (out.slice(s, e - s) for s, e in zip(starts, np.r_[starts[1:], len(cell)])))
+    ends = np.r_[starts[1:], len(cell)]
+    for bucket in np.unique(cell // CELLS_PER_BUCKET):
+        inside = [(s, e) for s, e in zip(starts, ends) if cell[s] // CELLS_PER_BUCKET == bucket]
+        write_table(out, storage.join(bucket_uri(output, int(bucket)), f"group-{group:06d}.parquet"), (out.slice(s, e - s) for s, e in inside))
 
 
-def assigned_uri(output: str, shard: int) -> str:
-    return storage.join(output, WORK, "assigned", f"{ledger.shard_name(shard)}.parquet")
+def bucket_uri(output: str, bucket: int) -> str:
+    return storage.join(output, WORK, "assigned", f"bucket-{bucket:05d}")
 
 
-def search_cell(output: str, cell: int, shards: list[int], settings: Settings) -> None:
-    """One cell's links and near pairs, from its row groups of every shard's assigned faces."""
+def search_cell(output: str, cell: int, settings: Settings) -> None:
+    """One cell's links and near pairs, from its row groups of its bucket's files."""
     filesystem, _ = storage.filesystem_and_path(output)
-    paths = [storage.filesystem_and_path(assigned_uri(output, s))[1] for s in shards]
-    t = pads.dataset(paths, filesystem=filesystem, format="parquet").to_table(filter=pc.field("cell") == cell)
-    home = t.column("home").to_numpy(zero_copy_only=False)
-    faces = faces_of(t, settings.keep_by)
-    links, near = grouping.partition_links(faces.take(np.flatnonzero(home)), faces.take(np.flatnonzero(~home)), settings.config, NEAR_PAIRS)
+    paths = [storage.filesystem_and_path(uri)[1] for uri in storage.list_files(bucket_uri(output, cell // CELLS_PER_BUCKET), ".parquet")]
+    if paths:
+        t = pads.dataset(paths, filesystem=filesystem, format="parquet").to_table(filter=pc.field("cell") == cell)
+        home = t.column("home").to_numpy(zero_copy_only=False)
+        faces = faces_of(t, settings.keep_by)
+        links, near = grouping.partition_links(faces.take(np.flatnonzero(home)), faces.take(np.flatnonzero(~home)), settings.config, NEAR_PAIRS)
+    else:  # no face has this cell among its nearest
+        links, near = grouping.LINK_SCHEMA.empty_table(), grouping.NEAR_SCHEMA.empty_table()
     write_table(links, storage.join(output, WORK, "links", f"cell-{cell:06d}.parquet"))
     write_table(near, storage.join(output, WORK, "near", f"cell-{cell:06d}.parquet"))
 
@@ -252,12 +272,18 @@ def run_tasks(fn: Callable, calls: Iterable[tuple], what: str) -> Iterator[objec
 
 
 def regroup(output: str, settings: Settings, faces: int) -> dict:
-    """Group the committed faces, writing faces/ and done.json; what the report shows."""
-    if storage.file_size(storage.join(output, DONE)) is not None:
-        storage.delete(storage.join(output, DONE))
+    """Group the committed faces and write faces/; what the report shows. What an earlier grouping
+    left is removed first (its done.json, kept.parquet and report before anything else)."""
+    for name in (DONE, KEPT, REPORT):
+        if storage.file_size(storage.join(output, name)) is not None:
+            storage.delete(storage.join(output, name))
     for name in ("assigned", "links", "near"):
         storage.delete_dir(storage.join(output, WORK, name))
     shards = shard_files(output)
+    committed = {faces_uri(output, s) for s, _ in shards}
+    for uri in storage.list_files(storage.join(output, "faces")):
+        if uri not in committed:  # a shard no longer in the output (a smaller --limit)
+            storage.delete(uri)
     start = time.monotonic()
     cells = grouping.partition_count(faces, settings.partition_size)
     import ray
@@ -265,26 +291,33 @@ def regroup(output: str, settings: Settings, faces: int) -> dict:
     print(f"grouping {faces} faces of {len(shards)} shards in {cells} cells", file=sys.stderr)
     centroids = ray.get(task(train).remote(output, shards, cells)) if shards else np.zeros((0, 512), np.float32)
     cells = len(centroids)
-    centroids_ref = ray.put(centroids)
-    probes, keep_by = settings.config.probes, settings.keep_by
-    list(run_tasks(assign, ((output, s, f, centroids_ref, probes, keep_by) for s, f in shards), "assigning faces to cells"))
-    with_faces = [s for s, _ in shards]
-    list(run_tasks(search_cell, ((output, c, with_faces, settings) for c in range(cells)), "searching cells"))
+    centroids_ref, probes = ray.put(centroids), settings.config.probes
+    list(run_tasks(assign, ((output, g, files, centroids_ref, probes) for g, files in assign_groups(shards, faces)), "assigning faces to cells"))
+    list(run_tasks(search_cell, ((output, c, settings) for c in range(cells)), "searching cells"))
     shown = ray.get(task(merge).remote(output, settings))
     kept = sum(run_tasks(write_faces, ((output, s, f) for s, f in shards), "writing faces/"))
     print(f"grouped in {time.monotonic() - start:.1f} s", file=sys.stderr)
-    shown |= {"faces": faces, "kept": kept, "settings": settings_record(settings)}
-    storage.write_bytes(storage.join(output, DONE), json.dumps(shown, sort_keys=True).encode())
-    return shown
+    return shown | {"faces": faces, "kept": kept, "settings": settings_record(settings)}
 
 
 def settings_record(settings: Settings) -> dict:
     return json.loads(json.dumps(asdict(settings)))
 
 
-def done(output: str, settings: Settings) -> dict | None:
-    """What an earlier grouping with the same settings left, when it finished."""
-    if storage.file_size(storage.join(output, DONE)) is None:
+def committed_digest(markers: list[dict]) -> str:
+    """Which inputs the embedded faces are of: the shards, their inputs' digests and generations."""
+    shards = sorted((m["shard"], m["digest"], m.get("generation", 0)) for m in markers)
+    return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
+
+
+def mark_done(output: str, shown: dict, committed: str) -> None:
+    """Written last, once faces/, kept.parquet and the report are."""
+    storage.write_bytes(storage.join(output, DONE), json.dumps(shown | {"committed": committed}, sort_keys=True).encode())
+
+
+def done(output: str, settings: Settings, committed: str) -> dict | None:
+    """What an earlier grouping of the same faces with the same settings left, when it finished whole."""
+    if any(storage.file_size(storage.join(output, name)) is None for name in (DONE, KEPT, REPORT)):
         return None
     shown = json.loads(storage.read_bytes(storage.join(output, DONE)))
-    return shown if shown.get("settings") == settings_record(settings) else None
+    return shown if shown.get("settings") == settings_record(settings) and shown.get("committed") == committed else None

@@ -6,6 +6,7 @@ import itertools
 
 import cv2
 import numpy as np
+import pyarrow as pa
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
@@ -118,11 +119,16 @@ def test_duplicates_need_a_close_hash_and_a_high_cosine_or_the_same_bytes():
     h = np.uint64(0x0123456789ABCDEF)
     embeddings = np.stack([base[0], toward(base[0], 0.95), base[1], toward(base[1], 0.95), base[2], toward(base[2], 0.8), base[3], base[4]])
     phash = np.array([h, h ^ np.uint64(0b111), h + np.uint64(1), (h + np.uint64(1)) ^ np.uint64(2**40 - 1), h + np.uint64(2), h + np.uint64(2), h + np.uint64(3), h + np.uint64(4)], np.uint64)
-    sha = np.array(["a", "b", "c", "d", "e", "f", "same", "same"])
+    embeddings = np.concatenate([embeddings, base[5:6], toward(base[5], 0.3)[None]])
+    phash = np.concatenate([phash, [h + np.uint64(5), h + np.uint64(5)]]).astype(np.uint64)
+    sha = np.array(["a", "b", "c", "d", "e", "f", "same", "same", "photo", "photo"])
     faces = faces_of(embeddings, phash=phash, sha=sha)
+    faces = Faces(**{**{f: getattr(faces, f) for f in Faces.__dataclass_fields__}, "face_index": np.array([0] * 9 + [1], np.int32)})
     decisions = grouping.group(faces, GroupConfig(identity_cosine=0.99), cells=1)
     size = dict(zip(decisions.column("face_id").to_pylist(), decisions.column("dup_group_size").to_pylist()))
-    assert [size.get(int(i), 1) for i in faces.face_id] == [2, 2, 1, 1, 1, 1, 2, 2]
+    # the last two are two people in one photo: the same bytes, not the same face
+    assert [size.get(int(i), 1) for i in faces.face_id] == [2, 2, 1, 1, 1, 1, 2, 2, 1, 1]
+    assert decisions.schema.field("dropped_by").type == pa.list_(pa.string())
 
 
 def test_keep_rule_is_the_best_face_and_caps_identities():
@@ -152,3 +158,6 @@ def test_identity_clusters_below_the_minimum_are_not_named():
     decisions = grouping.group(faces_of(points), DEFAULT, cells=1)
     assert decisions.num_rows == 6
     assert decisions.column("identity").null_count == 6
+    # nothing dropped: the column still has its type, for the faces/ schema
+    assert decisions.column("keep").to_pylist() == [True] * 6
+    assert decisions.schema.field("dropped_by").type == pa.list_(pa.string())
