@@ -4,8 +4,9 @@
 
 Each size runs in its own process (so that its peak memory is its own): blobs on the sphere (100
 faces per identity) with 1% planted near-duplicates, grouped by codeformer_core.grouping.group with
-the job's defaults (cells of 20,000 faces on average). Prints one JSON line per size: seconds,
-peak RSS, cells, and whether the planted groups were recovered.
+the job's defaults (cells of 20,000 faces on average, 3 probes). Prints one JSON line per size: seconds,
+peak RSS, cells, the adjusted Rand index of the identities, the share of planted
+copies grouped with their photo, and the share that share a cell with it for 1 to 6 probes.
 """
 
 from __future__ import annotations
@@ -61,11 +62,17 @@ def one(n: int) -> dict:
     found = dict(zip(decisions.column("face_id").to_pylist(), decisions.column("identity").to_pylist()))
     predicted = [found.get(i) if found.get(i) is not None else -1 - i for i in range(n)]
     dup = dict(zip(decisions.column("face_id").to_pylist(), decisions.column("dup_group_size").to_pylist()))
+    # which planted copies share a cell with their photo (home of one among the other's nearest cells), per probes
+    centroids = grouping.train_partitions(data.embedding[np.linspace(0, n - 1, min(n, cells * 256)).astype(int)], cells)
+    original = grouping.nearest_partitions(data.embedding[copies], centroids, 6)
+    copy = grouping.nearest_partitions(data.embedding[n - len(copies):], centroids, 6)
+    reach = {p: round(float(((original[:, :1] == copy[:, :p]).any(1) | (copy[:, :1] == original[:, :p]).any(1)).mean()), 4) for p in range(1, 7)}
     return {
         "faces": n, "cells": cells, "seconds": round(seconds, 1),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
         "identity_ari": round(adjusted_rand_score(labels, predicted), 4),
-        "planted_duplicates_found": float(np.mean([dup.get(int(c), 1) == 2 for c in copies])),
+        "planted_duplicates_found": round(float(np.mean([dup.get(int(c), 1) == 2 for c in copies])), 4),
+        "copies_sharing_a_cell_by_probes": reach,
     }
 
 

@@ -59,7 +59,7 @@ class GroupConfig:
     identity_cosine: float = 0.5
     min_identity_size: int = 3
     neighbours: int = 32  # nearest neighbours searched per face
-    probes: int = 2  # cells each face is searched in: its own and the next nearest
+    probes: int = 3  # cells each face is searched in: its own and the next nearest (bench/dedup.py: recall of planted copies)
     max_per_identity: int | None = None  # faces kept per identity cluster, the best first
 
 
@@ -266,9 +266,15 @@ def decide(merged: pa.Table, cfg: GroupConfig) -> pa.Table:
             "identity": pa.array(np.where(ident == NO_GROUP, None, ident), pa.int64()),
             "identity_size": pa.array(np.where(ident == NO_GROUP, None, ident_size), pa.int64()),
             "keep": keep,
-            "dropped_by": pa.array([[d] if d else [] for d in dropped], pa.list_(pa.string())),
-        }
+            "dropped_by": [[d] if d else [] for d in dropped],
+        },
+        schema=decide_schema(),
     )
+
+
+def decide_schema() -> pa.Schema:
+    return pa.schema([("face_id", pa.int64()), ("dup_group", pa.int64()), ("dup_group_size", pa.int64()), ("identity", pa.int64()),
+                      ("identity_size", pa.int64()), ("keep", pa.bool_()), ("dropped_by", pa.list_(pa.string()))])
 
 
 def best_order(faces: pa.Table) -> pa.Array:

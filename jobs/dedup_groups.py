@@ -7,7 +7,8 @@ rerun after a crash, writes the same bytes):
   once per cell they are searched in, for the cells of bucket B (CELLS_PER_BUCKET of them), sorted
   by cell with one row group per cell: a cell's task reads its row group of its bucket's files;
 - links/cell-N.parquet and near/cell-N.parquet: what each cell found (codeformer_core.grouping);
-- decisions.parquet: every face in some group, by face_id, with its groups and keep decision.
+- decisions/from-F.parquet: every face in some group, by face_id (F the first), with its groups
+  and keep decision, DECISIONS_PER_FILE to a file, so that a shard's task reads one or two;
 Then faces/shard-K-000.parquet per shard (embedded/ rows with their decisions); the job then
 writes kept.parquet, the report and, last, done.json with the settings and the committed shards,
 which lets a rerun with nothing new skip all of it.
@@ -21,12 +22,12 @@ Nothing in the driver grows with the faces: it holds one small entry per shard a
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import json
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
@@ -51,6 +52,7 @@ REPORT = "report.html"
 CELLS_PER_BUCKET = 64  # cells whose assigned faces share a file of each assign group
 FACES_PER_ASSIGN = 100_000  # faces an assign task reads (shards are grouped up to this)
 SAMPLE_SHARDS = 256  # shards the k-means sample is taken from
+DECISIONS_PER_FILE = 1 << 20
 SAMPLE_PER_CELL = 256  # k-means sample: faiss's own cap of points per centroid
 WINDOW = 32  # tasks in flight
 GALLERY_MEMBERS = 8
@@ -102,7 +104,7 @@ def faces_of(t: pa.Table, keep_by: str) -> Faces:
 
 def embeddings(t: pa.Table) -> np.ndarray:
     column = t.column("embedding").combine_chunks()
-    return column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), column.type.list_size)
+    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), column.type.list_size)
 
 
 def write_table(t: pa.Table, uri: str, row_groups: Iterable[pa.Table] | None = None) -> None:
@@ -177,10 +179,15 @@ def read_dir(output: str, name: str, schema: pa.Schema) -> pa.Table:
 def merge(output: str, settings: Settings) -> dict:
     """Every cell's links joined into the corpus' groups and decided; returns what the report shows of them."""
     decisions = grouping.decide(grouping.merge_links(read_dir(output, "links", grouping.LINK_SCHEMA)), settings.config)
-    write_table(decisions, storage.join(output, WORK, "decisions.parquet"))
+    face_id = decisions.column("face_id").to_numpy()
+    starts = []
+    for start in range(0, decisions.num_rows, DECISIONS_PER_FILE):
+        write_table(decisions.slice(start, DECISIONS_PER_FILE), decisions_uri(output, int(face_id[start])))
+        starts.append(int(face_id[start]))
     near = read_dir(output, "near", grouping.NEAR_SCHEMA)
     return {
-        "dropped": dict(Counter(d[0] for d in decisions.column("dropped_by").to_pylist() if d)),
+        "decision_files": starts,
+        "dropped": {row["values"]: row["counts"] for row in pc.value_counts(pc.list_flatten(decisions.column("dropped_by"))).to_pylist()},
         "dup_sizes": size_counts(decisions, "dup_group", "dup_group_size"),
         "identity_sizes": size_counts(decisions, "identity", "identity_size"),
         "dup_gallery": largest(decisions, "dup_group", "dup_group_size", settings.gallery_size),
@@ -226,12 +233,24 @@ def faces_uri(output: str, shard: int) -> str:
     return storage.join(output, "faces", f"{ledger.shard_name(shard)}-000.parquet")
 
 
-def write_faces(output: str, shard: int, files: list[str]) -> int:
-    """The shard's faces/ file: its embedded/ rows with their groups (a face in none is its own group, kept); how many kept."""
+def decisions_uri(output: str, first: int) -> str:
+    return storage.join(output, WORK, "decisions", f"from-{first:020d}.parquet")
+
+
+def covering(starts: list[int], shard: int) -> list[int]:
+    """The decision files (by their first face_id, sorted) that may hold faces of `shard`."""
+    low, high = shard << (FACE_BITS + PLACE_BITS), (shard + 1) << (FACE_BITS + PLACE_BITS)
+    first = max(bisect.bisect_right(starts, low) - 1, 0)
+    return starts[first : bisect.bisect_left(starts, high)]
+
+
+def write_faces(output: str, shard: int, files: list[str], decision_files: list[int]) -> int:
+    """The shard's faces/ file: its embedded/ rows with their groups (a face in none is its own group,
+    kept), the groups read from `decision_files` (their first face ids); how many are kept."""
     t = pa.concat_tables(ledger.read_tables(files, [f.name for f in schemas.dedup_embedded.FACE]))
     low, high = shard << (FACE_BITS + PLACE_BITS), (shard + 1) << (FACE_BITS + PLACE_BITS)
-    filesystem, path = storage.filesystem_and_path(storage.join(output, WORK, "decisions.parquet"))
-    decided = pq.read_table(path, filesystem=filesystem, filters=[("face_id", ">=", low), ("face_id", "<", high)])
+    decided = pa.concat_tables([grouping.decide_schema().empty_table(), *ledger.read_tables([decisions_uri(output, s) for s in decision_files])])
+    decided = decided.filter(pc.and_(pc.greater_equal(decided.column("face_id"), low), pc.less(decided.column("face_id"), high)))
     face_id, decided_id = t.column("face_id").to_numpy(), decided.column("face_id").to_numpy()
     at = np.minimum(np.searchsorted(decided_id, face_id), max(len(decided_id) - 1, 0))
     found = pa.array(decided_id[at] == face_id if len(decided_id) else np.zeros(len(face_id), bool))
@@ -277,7 +296,7 @@ def regroup(output: str, settings: Settings, faces: int) -> dict:
     for name in (DONE, KEPT, REPORT):
         if storage.file_size(storage.join(output, name)) is not None:
             storage.delete(storage.join(output, name))
-    for name in ("assigned", "links", "near"):
+    for name in ("assigned", "links", "near", "decisions"):
         storage.delete_dir(storage.join(output, WORK, name))
     shards = shard_files(output)
     committed = {faces_uri(output, s) for s, _ in shards}
@@ -295,7 +314,8 @@ def regroup(output: str, settings: Settings, faces: int) -> dict:
     list(run_tasks(assign, ((output, g, files, centroids_ref, probes) for g, files in assign_groups(shards, faces)), "assigning faces to cells"))
     list(run_tasks(search_cell, ((output, c, settings) for c in range(cells)), "searching cells"))
     shown = ray.get(task(merge).remote(output, settings))
-    kept = sum(run_tasks(write_faces, ((output, s, f) for s, f in shards), "writing faces/"))
+    starts = shown.pop("decision_files")
+    kept = sum(run_tasks(write_faces, ((output, s, f, covering(starts, s)) for s, f in shards), "writing faces/"))
     print(f"grouped in {time.monotonic() - start:.1f} s", file=sys.stderr)
     return shown | {"faces": faces, "kept": kept, "settings": settings_record(settings)}
 

@@ -83,7 +83,7 @@ def identities(faces: Faces, decisions) -> np.ndarray:
 def test_grouping_recovers_planted_identity_clusters():
     points, planted = blobs(1000, 100)
     faces = faces_of(points)
-    decisions = grouping.group(faces, DEFAULT, cells=24)
+    decisions = grouping.group(faces, DEFAULT, cells=48)
     assert adjusted_rand_score(planted, identities(faces, decisions)) >= 0.99
     # random hashes and distinct files: no duplicates
     assert (decisions.column("dup_group_size").to_numpy() == 1).all()
