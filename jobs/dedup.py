@@ -121,10 +121,11 @@ def finish(common: Common, cfg: DedupConfig, changed: bool) -> list[str]:
     if not ray.is_initialized():
         start_ray(common)
     try:
-        shown = dedup_groups.regroup(output, cfg.settings, faces)
+        shards = dedup_groups.shard_files(output, markers)
+        shown = dedup_groups.regroup(output, cfg.settings, faces, shards)
         write_kept(output)
         title = f"Duplicates and identities in {common.input}" + (" (SYNTHETIC WEIGHTS: embeddings are not real)" if common.synthetic else "")
-        storage.write_bytes(report, dedup_report.render(shown, sum(statuses.values()), thumbnails(output, dedup_report.shown_faces(shown)), title))
+        storage.write_bytes(report, dedup_report.render(shown, sum(statuses.values()), thumbnails(dict(shards), dedup_report.shown_faces(shown)), title))
         dedup_groups.mark_done(output, shown, committed)
     except (ray.exceptions.RayError, OSError) as exc:
         first = str(exc).strip().splitlines()
@@ -143,10 +144,9 @@ def write_kept(output: str) -> None:
             writer.write_table(manifest_table(manifest))
 
 
-def thumbnails(output: str, wanted: set[int]) -> dict[int, bytes]:
-    """The thumbnails of `wanted` faces, read from the shards that hold them."""
+def thumbnails(files: dict[int, list[str]], wanted: set[int]) -> dict[int, bytes]:
+    """The thumbnails of `wanted` faces, read from the embedded/ `files` of the shards that hold them."""
     found: dict[int, bytes] = {}
-    files = dict(dedup_groups.shard_files(output))
     for shard in sorted({dedup_groups.shard_of(f) for f in wanted}):
         for t in ledger.read_tables(files.get(shard, []), ["face_id", "thumbnail"]):
             t = t.filter(pc.is_in(t.column("face_id"), pa.array(sorted(wanted), pa.int64())))

@@ -75,10 +75,10 @@ def shard_of(face_id: int) -> int:
     return face_id >> (FACE_BITS + PLACE_BITS)
 
 
-def shard_files(output: str) -> list[tuple[int, list[str]]]:
-    """Each committed shard with faces, and the URIs of its embedded/ files."""
+def shard_files(output: str, markers: list[dict]) -> list[tuple[int, list[str]]]:
+    """Each committed shard with faces (of the output's `markers`), and the URIs of its embedded/ files."""
     found = []
-    for marker in ledger.markers(output):
+    for marker in markers:
         files = [storage.join(output, rel) for rel in marker["files"] if rel.startswith("embedded/")]
         if files:
             found.append((marker["shard"], files))
@@ -290,7 +290,7 @@ def run_tasks(fn: Callable, calls: Iterable[tuple], what: str) -> Iterator[objec
     yield from ray.get(pending)
 
 
-def regroup(output: str, settings: Settings, faces: int) -> dict:
+def regroup(output: str, settings: Settings, faces: int, shards: list[tuple[int, list[str]]]) -> dict:
     """Group the committed faces and write faces/; what the report shows. What an earlier grouping
     left is removed first (its done.json, kept.parquet and report before anything else)."""
     for name in (DONE, KEPT, REPORT):
@@ -298,7 +298,6 @@ def regroup(output: str, settings: Settings, faces: int) -> dict:
             storage.delete(storage.join(output, name))
     for name in ("assigned", "links", "near", "decisions"):
         storage.delete_dir(storage.join(output, WORK, name))
-    shards = shard_files(output)
     committed = {faces_uri(output, s) for s, _ in shards}
     for uri in storage.list_files(storage.join(output, "faces")):
         if uri not in committed:  # a shard no longer in the output (a smaller --limit)
