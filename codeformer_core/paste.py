@@ -3,7 +3,9 @@
 Each face goes back through the inverse of its alignment transform and is blended with a soft
 mask: the warped square is eroded, then eroded again and Gaussian-blurred by an amount that
 grows with the face's area. An optional face-parsing mask (ParseNet) replaces the square.
-The background is not restored: with upscale > 1 it is resized (Lanczos).
+The background is not restored: with upscale > 1 it is resized (Lanczos), or given already
+upsampled (Real-ESRGAN). Faces come at the crop size, or already upsampled by the same factor, as
+the official helper's face_upsampler makes them.
 """
 
 from __future__ import annotations
@@ -20,9 +22,14 @@ PARSE_KEEP = np.array([0, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
 PARSE_BORDER = 10
 
 
-def paste_affine(affine: np.ndarray, upscale: int) -> np.ndarray:
-    """Crop -> output-image transform, with the helper's half-pixel offset when upscaling."""
-    inverse = invert_affine(affine) * upscale
+def paste_affine(affine: np.ndarray, upscale: int, face_upsampled: bool = False) -> np.ndarray:
+    """Crop -> output-image transform, with the helper's half-pixel offset when upscaling a crop of
+    the aligned size; a face already upsampled `upscale` times maps without it."""
+    inverse = invert_affine(affine)
+    if face_upsampled:
+        inverse[:, 2] *= upscale
+        return inverse
+    inverse *= upscale
     if upscale > 1:
         inverse[:, 2] += 0.5 * upscale
     return inverse
@@ -58,20 +65,26 @@ def paste_faces(
     affines: Sequence[np.ndarray],
     upscale: int = 1,
     parse_masks: Sequence[np.ndarray] | None = None,
+    background: np.ndarray | None = None,
+    faces_upsampled: bool = False,
 ) -> np.ndarray:
-    """`image` (H, W, 3) uint8 with each restored face (S, S, 3) pasted where its `affine` took it from.
+    """`image` (H, W, 3) uint8 with each restored face pasted where its `affine` took it from.
 
-    `affines` are the image -> crop transforms used for alignment. `parse_masks`, when given, are
-    soft masks from `parse_mask`, one per face. Returns (H*upscale, W*upscale, 3) uint8.
+    `affines` are the image -> crop transforms used for alignment (crops of S x S). Faces are
+    (S, S, 3), or (S*upscale, S*upscale, 3) with `faces_upsampled`. `parse_masks`, when given, are
+    soft masks from `parse_mask` of each face's size. `background` is the image already upsampled
+    to (H*upscale, W*upscale); without it the image is resized. Returns (H*upscale, W*upscale, 3) uint8.
     """
     if upscale not in (1, 2, 3, 4):
         raise ValueError(f"upscale must be 1, 2, 3 or 4, got {upscale}")
     h, w = image.shape[:2]
     out_size = (w * upscale, h * upscale)
-    canvas = image if upscale == 1 else cv2.resize(image, out_size, interpolation=cv2.INTER_LANCZOS4)
+    if background is not None and background.shape[:2] != (h * upscale, w * upscale):
+        raise ValueError(f"background is {background.shape[1]}x{background.shape[0]}, expected {out_size[0]}x{out_size[1]}")
+    canvas = background if background is not None else image if upscale == 1 else cv2.resize(image, out_size, interpolation=cv2.INTER_LANCZOS4)
     result = canvas
     for i, (face, affine) in enumerate(zip(faces, affines)):
-        inverse = paste_affine(affine, upscale)
+        inverse = paste_affine(affine, upscale, faces_upsampled)
         warped = cv2.warpAffine(face, inverse, out_size)
         if parse_masks is None:
             soft, eroded = square_mask(face.shape[0], inverse, out_size, upscale)

@@ -79,6 +79,18 @@ KNOWN_CHECKPOINTS: dict[str, KnownCheckpoint] = {
             "https://github.com/xinntao/facexlib/releases/download/v0.1.0/recognition_arcface_ir_se50.pth",
             "facexlib ArcFace IR-SE50 face recognition network",
         ),
+        KnownCheckpoint(
+            "realesrgan_x2plus",
+            "RealESRGAN_x2plus.pth",
+            "https://github.com/sczhou/CodeFormer/releases/download/v0.1.0/RealESRGAN_x2plus.pth",
+            "Real-ESRGAN x2 upsampler, as the official CodeFormer inference downloads it (BSD-3-Clause)",
+        ),
+        KnownCheckpoint(
+            "realesrgan_x4plus",
+            "RealESRGAN_x4plus.pth",
+            "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth",
+            "Real-ESRGAN x4 upsampler (BSD-3-Clause)",
+        ),
     )
 }
 
@@ -272,14 +284,21 @@ def network_state(
     """The state dict for `net` (built on any device, `meta` included) and its provenance: synthetic
     weights of `synthetic_seed`, or the checkpoint `spec` (what `resolve` takes) in the official
     layout, checked against `net`'s names and shapes."""
+    return layout_state({k: tuple(v.shape) for k, v in net.state_dict().items()}, type(net).__name__, spec, weights_dir, synthetic_seed)
+
+
+def layout_state(
+    shapes: dict[str, tuple[int, ...]], what: str, spec: str, weights_dir: str | os.PathLike[str] | None = None, synthetic_seed: int | None = None
+) -> tuple[dict[str, torch.Tensor], WeightsInfo]:
+    """`network_state` for a network known by the names and `shapes` of its official state dict."""
     if synthetic_seed is not None:
-        state_dict = synthetic_state_dict(net, synthetic_seed)
+        state_dict = {k: torch.from_numpy(synthetic_tensor(k, shape, synthetic_seed)) for k, shape in shapes.items()}
         return state_dict, WeightsInfo(f"{SYNTHETIC_SPEC_PREFIX}{synthetic_seed}", state_dict_sha256(state_dict), synthetic=True)
     raw, info = read_checkpoint(resolve(spec, weights_dir=weights_dir))
     state_dict = official_layout(raw)
     # Checkpoints saved before PyTorch 0.4.1 have no batch-norm step counters; load_state_dict fills them in too.
-    state_dict |= {k: torch.tensor(0) for k in net.state_dict() if k.endswith("num_batches_tracked") and k not in state_dict}
-    check_state_dict({k: tuple(v.shape) for k, v in net.state_dict().items()}, state_dict, f"{type(net).__name__} ({info.source})")
+    state_dict |= {k: torch.tensor(0) for k in shapes if k.endswith("num_batches_tracked") and k not in state_dict}
+    check_state_dict(shapes, state_dict, f"{what} ({info.source})")
     return state_dict, info
 
 

@@ -84,8 +84,8 @@ def preflight(common: Common, cfg: AuditConfig, detecting: bool) -> dict:
 
 
 def stages(common: Common, cfg: AuditConfig, ctx: Context) -> list[Stage]:
-    found = front_stages(common, cfg.detection, ctx)
     restoring = cfg.restoration is not None
+    found = front_stages(common, cfg.detection, ctx, restoring)
     if restoring:
         found.append(restore_stage(common, cfg.restoration, ctx, ctx.record["restore"]["weights_sha256"]))
     found += [measure_stage(common, cfg.measures, ctx, cfg.detection if restoring else None), stage(thumbnails)]

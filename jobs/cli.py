@@ -27,6 +27,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def fidelity_weight(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:

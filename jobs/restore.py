@@ -20,6 +20,7 @@ import argparse
 import sys
 from dataclasses import asdict, dataclass
 
+from codeformer_core.upsample import DEFAULT_TILE, TILE_PAD, realesrgan_weights
 from jobs import cli
 from jobs.cli import UsageError
 from jobs.driver import Common, Job, main
@@ -45,8 +46,31 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         "docs/BENCHMARKS.md has the measurement)",
     )
     d.add_argument("--paste", action="store_true", help="also write pasted/: each whole image with its restored faces pasted back")
-    d.add_argument("--upscale", type=int, choices=(1, 2), default=1, help="size factor of pasted images; the background is resized, not restored (default 1)")
+    d.add_argument(
+        "--upscale", type=int, choices=(1, 2, 4), default=1,
+        help="size factor of pasted images (official --upscale); the background is resized (Lanczos) unless --bg-upsampler says otherwise (default 1)",
+    )
     d.add_argument("--parse", action="store_true", help="with --paste, blend with a ParseNet face-parsing mask instead of the soft square")
+    u = p.add_argument_group("upsampling with Real-ESRGAN (the official --bg_upsampler, --face_upsample and --bg_tile)")
+    u.add_argument(
+        "--bg-upsampler", choices=("none", "realesrgan"), default="none",
+        help="realesrgan: upsample the background of pasted images by --upscale (2 or 4) with Real-ESRGAN "
+        "x2plus or x4plus instead of resizing it; needs --paste (default none)",
+    )
+    u.add_argument(
+        "--face-upsample", action="store_true",
+        help="run each restored face through Real-ESRGAN before pasting it, as the official --face_upsample; needs --paste and --upscale 2 or 4",
+    )
+    u.add_argument(
+        "--bg-tile", type=cli.non_negative_int, default=DEFAULT_TILE,
+        help=f"Real-ESRGAN works in tiles of this many pixels, each with {TILE_PAD} pixels of context, to bound memory; "
+        f"0: whole images at once (default {DEFAULT_TILE})",
+    )
+    u.add_argument(
+        "--upsampler-weights", default=None,
+        help="Real-ESRGAN checkpoint of the --upscale factor: path or s3:// URI (default: the official RealESRGAN_x2plus.pth "
+        "or RealESRGAN_x4plus.pth, found as the README says)",
+    )
 
 
 @dataclass(frozen=True)
@@ -58,6 +82,9 @@ class RestoreConfig:
     paste: bool
     upscale: int
     parse: bool
+    upsample_background: bool
+    upsample_faces: bool
+    upsampler: dict | None  # Upsampler.from_weights' arguments but the device, when either upsamples
 
 
 def configure(args: argparse.Namespace, common: Common) -> RestoreConfig:
@@ -65,23 +92,38 @@ def configure(args: argparse.Namespace, common: Common) -> RestoreConfig:
         raise UsageError("--paste needs whole images; with --aligned there is nothing to paste into")
     if args.parse and not args.paste:
         raise UsageError("--parse changes how faces are pasted back; it needs --paste")
+    background, faces = args.bg_upsampler == "realesrgan", args.face_upsample
+    if (background or faces) and not args.paste:
+        raise UsageError(f"{'--bg-upsampler realesrgan' if background else '--face-upsample'} upsamples pasted images; it needs --paste")
+    if (background or faces) and args.upscale == 1:
+        raise UsageError("Real-ESRGAN upsamples by 2 or 4: add --upscale 2 (as the official default) or --upscale 4")
+    upsampler = {
+        "scale": args.upscale, "weights": args.upsampler_weights, "weights_dir": common.weights_dir,
+        "synthetic_seed": 1 if common.synthetic else None, "tile": args.bg_tile,
+    } if background or faces else None
     return RestoreConfig(
-        cli.restoration(args, common.synthetic), cli.measures(args, restoring=True), cli.detection(args), args.detect_layout, args.paste, args.upscale, args.parse,
+        cli.restoration(args, common.synthetic), cli.measures(args, restoring=True), cli.detection(args), args.detect_layout, args.paste,
+        args.upscale, args.parse, background, faces, upsampler,
     )
 
 
 def preflight(common: Common, cfg: RestoreConfig, detecting: bool) -> dict:
     weights = check_weights(common, cfg.restoration, cfg.detection if detecting else None, cfg.measures, cfg.parse)
+    upsampler = None
+    if cfg.upsampler:
+        info = realesrgan_weights(cfg.upsampler["scale"], cfg.upsampler["weights"], common.weights_dir, cfg.upsampler["synthetic_seed"])[1]
+        upsampler = {"weights_sha256": info.sha256, "background": cfg.upsample_background, "faces": cfg.upsample_faces, "tile": cfg.upsampler["tile"], "tile_pad": TILE_PAD}
     return {
         "weights_sha256": weights.sha256, "weights_synthetic": weights.synthetic, "fidelity": cfg.restoration.fidelity,
         "precision": cfg.restoration.speed.precision, "arcface_weights": cfg.measures.arcface_weights if cfg.measures.identity else None,
         "aligned": common.aligned, "max_pixels": common.max_pixels, "detect": None if common.aligned else asdict(cfg.detection.config),
         "upscale": cfg.upscale if cfg.paste else None, "parse": cfg.parse, "metrics": list(cfg.measures.metrics), "identity": cfg.measures.identity,
+        "upsampler": upsampler,
     }
 
 
 def stages(common: Common, cfg: RestoreConfig, ctx: Context) -> list[Stage]:
-    found = front_stages(common, cfg.detection, ctx)
+    found = front_stages(common, cfg.detection, ctx, restoring=True)
     restore = restore_stage(common, cfg.restoration, ctx, ctx.record["weights_sha256"])
     if ctx.detecting and cfg.detect_layout == "fused":
         found = found[:2] + [fused(*found[2:], restore)]
@@ -90,7 +132,8 @@ def stages(common: Common, cfg: RestoreConfig, ctx: Context) -> list[Stage]:
     if cfg.measures.metrics or cfg.measures.identity:
         found.append(measure_stage(common, cfg.measures, ctx))
     if cfg.paste:
-        found.append(stage(models.PasteFaces, MODEL, upscale=cfg.upscale, parse=cfg.parse, weights_dir=common.weights_dir, synthetic=ctx.synthetic))
+        found.append(stage(models.PasteFaces, MODEL, upscale=cfg.upscale, parse=cfg.parse, weights_dir=common.weights_dir, synthetic=ctx.synthetic,
+                           device=ctx.place.device, upsampler=cfg.upsampler, background=cfg.upsample_background, faces=cfg.upsample_faces))
     return found + [stage(models.encode_faces, columns=("crops", "restored")), stage(write_restored, output=common.output, run=ctx.record)]
 
 

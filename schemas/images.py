@@ -4,7 +4,7 @@ import pyarrow as pa
 
 from schemas import IMAGE_ROW, versioned
 
-VERSION = 1
+VERSION = 2
 
 SCHEMA = versioned(
     "images",
@@ -12,6 +12,8 @@ SCHEMA = versioned(
     [
         *IMAGE_ROW,
         pa.field("num_faces", pa.int32(), nullable=False),
+        # The official CodeFormer's grey test (mean variance of channel differences <= 10); null when not decoded.
+        pa.field("is_gray", pa.bool_()),
         pa.field("code_version", pa.string(), nullable=False),
         pa.field("weights_sha256", pa.string(), nullable=False),
         pa.field("weights_synthetic", pa.bool_(), nullable=False),

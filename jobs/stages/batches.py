@@ -25,6 +25,7 @@ TYPES = {
     "sharpness": pa.list_(pa.float64()),
     "content_sha256": pa.string(),
     "pasted": pa.binary(),
+    "is_gray": pa.bool_(),
     "width": pa.int64(),
     "height": pa.int64(),
 }

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from codeformer_core import align, codec, storage
+from codeformer_core import align, codec, gray, storage
 from codeformer_core.detect import DetectConfig, Detector
 from codeformer_core.statuses import BAD_LANDMARKS, DETECT_ERROR, NO_FACE, OK, READ_ERROR, UNAVAILABLE
 from jobs.stages.batches import Batch, clean, image_of, short_error, statuses, table
@@ -34,9 +34,10 @@ def read_images(batch: Batch, attempts: int) -> pa.Table:
     return pa.table({**{k: list(v) for k, v in batch.items()}, "data": pa.array(data, pa.binary()), "status": list(status), "error": list(error)})
 
 
-def decode_images(batch: Batch, max_pixels: int, aligned: bool) -> pa.Table:
-    """Whole images keep their pixels; with `aligned`, each image is one face crop already."""
-    status, error, width, height, pixels, crops, affines = [], [], [], [], [], [], []
+def decode_images(batch: Batch, max_pixels: int, aligned: bool, gray_test: bool = False) -> pa.Table:
+    """Whole images keep their pixels; with `aligned`, each image is one face crop already. With
+    `gray_test`, `is_gray` says which images are grey (their restored faces are made grey)."""
+    status, error, width, height, pixels, crops, affines, grays = [], [], [], [], [], [], [], []
     for data, st, err in zip(batch["data"], batch["status"], batch["error"]):
         w = h = rgb = None
         if st == OK:
@@ -46,13 +47,14 @@ def decode_images(batch: Batch, max_pixels: int, aligned: bool) -> pa.Table:
         error.append(clean(err))
         width.append(w)
         height.append(h)
+        grays.append(None if rgb is None else gray.is_gray(rgb))
         if aligned:
             pixels.append(None)
             crops.append([] if rgb is None else [align.as_aligned_face(rgb).tobytes()])
             affines.append([] if rgb is None else [align.resize_affine(w, h).reshape(-1).tolist()])
         else:
             pixels.append(None if rgb is None else rgb.tobytes())
-    extra = {"crops": crops, "affine": affines} if aligned else {}
+    extra = ({"crops": crops, "affine": affines} if aligned else {}) | ({"is_gray": grays} if gray_test else {})
     return table(batch, drop=("data",), status=status, error=error, width=width, height=height, pixels=pixels, **extra)
 
 

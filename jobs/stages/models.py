@@ -8,18 +8,20 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from codeformer_core import codec, paste
+from codeformer_core import codec, gray, paste
 from codeformer_core.arcface import load_arcface
 from codeformer_core.detect import Detector
 from codeformer_core.measure import landmark_distances, measure_faces
 from codeformer_core.parsing import FaceParser
 from codeformer_core.restore import Restorer, Speed, ieee_fp32
+from codeformer_core.upsample import Upsampler
 from codeformer_core.statuses import MEASURE_ERROR, OK, RESTORE_ERROR
 from jobs.stages.batches import Batch, face_of, image_of, short_error, statuses, table
 
 
 class RestoreFaces:
-    """CodeFormer loaded once; `restored` gets each row's faces restored, as raw pixels."""
+    """CodeFormer loaded once; `restored` gets each row's faces restored, as raw pixels, made grey
+    from their input crops where `is_gray` says the image is grey."""
 
     def __init__(self, weights: str, weights_dir: str | None, expected_sha256: str, device: str, speed: Speed, fidelity: float) -> None:
         self.restorer, info = Restorer.from_checkpoint(weights, device, speed, weights_dir)
@@ -32,7 +34,9 @@ class RestoreFaces:
         status, error = statuses(batch)
         try:
             restored = iter(self.restorer.restore([face_of(b) for faces in crops for b in faces], self.fidelity))
-            nested = [[next(restored).tobytes() for _ in faces] for faces in crops]
+            grey = batch["is_gray"] if "is_gray" in batch else [False] * len(crops)
+            nested = [[(gray.gray_restored(next(restored), face_of(b)) if grey[i] else next(restored)).tobytes() for b in faces]
+                      for i, faces in enumerate(crops)]
         except Exception as exc:  # a failed forward (e.g. out of memory) fails its rows, not the job
             nested = [[] for _ in crops]
             for i, faces in enumerate(crops):
@@ -79,11 +83,18 @@ class MeasureFaces:
 
 
 class PasteFaces:
-    """Each whole image with its restored faces pasted back (`pasted`, PNG); ParseNet masks with `parse`."""
+    """Each whole image with its restored faces pasted back (`pasted`, PNG); ParseNet masks with
+    `parse`; with `upsampler` (Upsampler.from_weights' arguments but the device), Real-ESRGAN
+    upsamples the background (`background`) and/or the restored faces (`faces`) before pasting."""
 
-    def __init__(self, upscale: int, parse: bool, weights_dir: str | None, synthetic: bool) -> None:
+    def __init__(
+        self, upscale: int, parse: bool, weights_dir: str | None, synthetic: bool, device: str, upsampler: dict | None, background: bool, faces: bool
+    ) -> None:
         self.upscale = upscale
-        self.parser = FaceParser.from_weights(torch.device("cpu"), None, weights_dir, 1 if synthetic else None) if parse else None
+        self.device = torch.device(device)
+        self.parser = FaceParser.from_weights(self.device, None, weights_dir, 1 if synthetic else None) if parse else None
+        self.upsampler = Upsampler.from_weights(device=self.device, **upsampler)[0] if upsampler else None
+        self.background, self.faces = background, faces
 
     def __call__(self, batch: Batch) -> pa.Table:
         pasted = []
@@ -93,9 +104,12 @@ class PasteFaces:
                 continue
             image = image_of(batch["pixels"][i], batch["width"][i], batch["height"][i])
             faces = [face_of(f) for f in restored]
+            if self.faces:
+                faces = [self.upsampler.upsample(f) for f in faces]
             affines = [np.asarray(a, dtype=np.float64).reshape(2, 3) for a in batch["affine"][i]]
             masks = self.parser.masks(faces) if self.parser else None
-            pasted.append(codec.encode_png(paste.paste_faces(image, faces, affines, self.upscale, masks)))
+            background = self.upsampler.upsample(image) if self.background else None
+            pasted.append(codec.encode_png(paste.paste_faces(image, faces, affines, self.upscale, masks, background, self.faces)))
         return table(batch, pasted=pasted)
 
 

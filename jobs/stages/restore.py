@@ -51,7 +51,9 @@ def restored_tables(batch: Batch, run: dict) -> tuple[ledger.Tables, ledger.File
     lineage = {"code_version": [run["code_version"]] * n, "weights_sha256": [run["weights_sha256"]] * n}
     lineage |= {"weights_synthetic": [run["weights_synthetic"]] * n, "fidelity": [run["fidelity"]] * n}
     tables = {
-        "images": ledger.images_table(batch, schemas.images.SCHEMA, num_faces=[len(r) for r in batch["restored"]], **lineage),
+        "images": ledger.images_table(
+            batch, schemas.images.SCHEMA, num_faces=[len(r) for r in batch["restored"]], is_gray=[clean(g) for g in batch["is_gray"]], **lineage
+        ),
         "faces": pa.Table.from_pylist(faces, schema=schemas.faces.SCHEMA),
     }
     if "pasted" in batch:

@@ -31,6 +31,8 @@ from tests.jobs.conftest import job_env, run_job, s3_client
 BUCKET = "unchanged"
 RECORD = Path(__file__).resolve().parents[1] / "data" / "outputs_before_shards.json"
 TABLES = ("images", "faces", "pasted", "pairs")
+# Columns added since the record, by design; their own tests are where they were added.
+ADDED_SINCE = {"images": ("is_gray",)}
 
 
 def png(rgb: np.ndarray) -> bytes:
@@ -97,7 +99,8 @@ def read_output(root: Path) -> dict:
     for table in TABLES:
         files = sorted((root / table).glob("*.parquet"))
         if files:
-            rows = [r for f in files for r in pq.read_table(f).to_pylist()]
+            tables = [pq.read_table(f) for f in files]
+            rows = [r for t in tables for r in t.drop_columns([c for c in ADDED_SINCE.get(table, ()) if c in t.column_names]).to_pylist()]
             out[table] = sorted((plain(r) for r in rows), key=row_key)
     if (root / "kept.parquet").exists():
         out["kept"] = sorted((plain(r) for r in pq.read_table(root / "kept.parquet").to_pylist()), key=row_key)

@@ -99,6 +99,9 @@ def test_images_table_has_one_row_per_input_with_its_status(restored_on_s3):
     assert images.weights_synthetic.all() and (images.fidelity == 0.5).all()
     huge = images.set_index("source_uri").loc["s3://faces/in/huge.png"]
     assert (huge.width, huge.height) == (1000, 1100)
+    grey = {"s3://faces/in/grey.png", "s3://faces/in/deep16.png"}
+    assert dict(zip(ok.source_uri, ok.is_gray)) == {uri: uri in grey for uri in ok.source_uri}
+    assert images[images.status != "ok"].is_gray.isna().sum() >= 2  # what was never decoded has no answer
 
 
 def test_faces_table_has_a_512_png_per_good_image(restored_on_s3):
@@ -144,8 +147,10 @@ def test_job_output_equals_the_library_on_the_same_crops(restored_on_s3, synthet
     rgba and zero (empty), so one forward saw [grey, rgba]. The direct call makes that forward
     again: any gather/scatter, padding or ordering slip in the job shows as a difference. (With
     random weights, float noise from a different batch size can flip a code index, so the
-    comparison is made at the same batch composition and is exact.)
+    comparison is made at the same batch composition and is exact.) The grey input's face is made
+    grey from its input crop, as the official inference does.
     """
+    from codeformer_core.gray import gray_restored
     from codeformer_core.weights import build_codeformer
 
     faces = read_table("s3://faces/out/faces", restored_on_s3["env"]).to_pandas().set_index("source_uri")
@@ -154,10 +159,12 @@ def test_job_output_equals_the_library_on_the_same_crops(restored_on_s3, synthet
     restorer = Restorer(build_codeformer(synthetic_state_dict), torch.device("cpu"), Speed(precision="fp32", batch_size=4))
 
     direct = restorer.restore(crops, fidelity=0.5)
+    direct[0] = gray_restored(direct[0], crops[0])
 
     from_job = np.stack([decode_png(c["bytes"]) for c in sample.restored])
     assert np.array_equal(direct, from_job)
     assert np.abs(direct[0].astype(int) - direct[1].astype(int)).mean() > 1  # distinct faces: order is checked
+    assert (from_job[0] == from_job[0][..., :1]).all() and not (from_job[1] == from_job[1][..., :1]).all()
 
 
 def test_input_crop_is_the_decoded_input_resized_to_512(restored_on_s3):

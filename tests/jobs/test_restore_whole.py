@@ -139,3 +139,36 @@ def test_detected_faces_are_the_same_in_both_layouts(tmp_path):
     for column in ("bbox", "det_score", "landmarks", "affine"):
         np.testing.assert_array_equal(np.stack(faces["separate"][column]), np.stack(faces["fused"][column]), err_msg=column)
     assert faces["separate"].input_crop[0]["bytes"] == faces["fused"].input_crop[0]["bytes"]
+
+
+def test_realesrgan_upsamples_the_background_and_the_faces(tmp_path):
+    """--bg-upsampler realesrgan --face-upsample with synthetic weights: the pasted image is the
+    library's paste of the Real-ESRGAN'd restored face over the Real-ESRGAN'd background, byte for byte."""
+    import torch
+
+    from codeformer_core.paste import paste_faces
+    from codeformer_core.upsample import Upsampler
+
+    scene = np.full((100, 120, 3), 70, np.uint8)
+    scene[:, :40] = np.linspace(20, 220, 40, dtype=np.uint8)[None, :, None]  # something for the upsampler to draw
+    landmarks = placed(scene, 7, 5, 0.12, (85, 50))
+    cv2.imwrite(str(tmp_path / "scene.png"), cv2.cvtColor(scene, cv2.COLOR_RGB2BGR))
+    manifest = tmp_path / "manifest.csv"
+    pacsv.write_csv(pa.Table.from_pylist([{"uri": "scene.png", "landmarks": json.dumps([landmarks])}]), manifest)
+    out = tmp_path / "out"
+    args = ["--input", str(manifest), "--output", str(out), "--synthetic-weights", "--no-identity", "--metrics", "none",
+            "--paste", "--upscale", "2", "--bg-upsampler", "realesrgan", "--face-upsample"]
+
+    result = run_job("jobs.restore", args, job_env(tmp_path))
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    pasted = decode_png(pq.read_table(out / "pasted").column("pasted")[0].as_py()["bytes"])
+    assert pasted.shape == (200, 240, 3)
+    assert pq.read_table(out / "pasted").column("upscale").to_pylist() == [2]
+    faces = pq.read_table(out / "faces").to_pylist()
+    upsampler = Upsampler.from_weights(2, torch.device("cpu"), synthetic_seed=1)[0]
+    background = upsampler.upsample(scene)
+    face = upsampler.upsample(decode_png(faces[0]["restored"]["bytes"]))
+    expected = paste_faces(scene, [face], [np.reshape(faces[0]["affine"], (2, 3))], 2, background=background, faces_upsampled=True)
+    assert np.array_equal(pasted, expected)
+    assert not np.array_equal(pasted, background)

@@ -1,7 +1,6 @@
 """The stages as plain functions and classes on batches, without Ray."""
 
 import numpy as np
-import pyarrow as pa
 
 from codeformer_core import codec
 from codeformer_core.align import FFHQ_TEMPLATE_512

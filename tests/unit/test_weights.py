@@ -197,5 +197,7 @@ def test_known_checkpoints_cover_every_network():
         "retinaface_mobile0.25",
         "parsenet",
         "arcface",
+        "realesrgan_x2plus",
+        "realesrgan_x4plus",
     }
     assert all(c.url.startswith("https://") and c.url.endswith(c.filename) for c in weights.KNOWN_CHECKPOINTS.values())
