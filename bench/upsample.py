@@ -1,4 +1,4 @@
-"""Real-ESRGAN x2 on this machine: one aligned face (the --face-upsample path) and one 1280x720
+"""Real-ESRGAN x2 on this machine: one aligned face (the --face-upsample path) and one 640x360
 frame (the --bg-upsampler path), whole and in the default tiles (400 pixels, 40 of context).
 
 Median seconds of --repeats runs after a warm-up, with torch on every core; synthetic weights,
@@ -36,7 +36,7 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = Upsampler.from_weights(2, device, synthetic_seed=1)[0].net
-    images = {"face 512x512": synthetic_face(1), "frame 1280x720": cv2.resize(synthetic_face(2), (1280, 720))}
+    images = {"face 512x512": synthetic_face(1), "frame 640x360": cv2.resize(synthetic_face(2), (640, 360))}
     print(f"device {device}, torch threads {torch.get_num_threads()}")
     for name, image in images.items():
         whole_s, whole = median_seconds(Upsampler(net, 2, device, tile=0), image, args.repeats)

@@ -15,14 +15,18 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
 import torch
-import torchvision
-from facexlib.detection.retinaface import RetinaFace
-from facexlib.detection.retinaface_utils import PriorBox, batched_decode, batched_decode_landm
 
 from codeformer_core.weights import load_network
+
+# torchvision (through facexlib's RetinaFace) adds 2.5 s to every process that imports it; it is
+# imported when a detector is built, so that the processes that never detect start without it.
+if TYPE_CHECKING:
+    from facexlib.detection.retinaface import RetinaFace
 
 MODELS = {"retinaface_resnet50": "resnet50", "retinaface_mobile0.25": "mobile0.25"}
 PAD_MULTIPLE = 32
@@ -52,6 +56,8 @@ def build_retinaface(model: str, device: torch.device) -> RetinaFace:
     """The network with facexlib's initial weights; `load_network` gives it a checkpoint's."""
     if model not in MODELS:
         raise ValueError(f"unknown detector {model!r}; choose one of {', '.join(MODELS)}")
+    from facexlib.detection.retinaface import RetinaFace
+
     with warnings.catch_warnings():  # facexlib builds its backbone with torchvision's deprecated `pretrained=False`
         warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
         return RetinaFace(network_name=MODELS[model], half=False, device=device).eval()
@@ -127,6 +133,9 @@ class Detector:
         return padded, scale, (h, w)
 
     def _forward(self, batch: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        import torchvision
+        from facexlib.detection.retinaface_utils import PriorBox, batched_decode, batched_decode_landm
+
         _, height, width, _ = batch.shape
         x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2) - self.mean
         with torch.inference_mode():

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
-from facexlib.parsing.parsenet import ParseNet
 
 from codeformer_core.paste import parse_mask
 from codeformer_core.weights import load_network
+
+if TYPE_CHECKING:  # facexlib is imported when a network is built (see codeformer_core.detect)
+    from facexlib.parsing.parsenet import ParseNet
 
 PARSE_SIZE = 512
 
@@ -31,6 +34,8 @@ class FaceParser:
         weights_dir: str | os.PathLike[str] | None = None,
         synthetic_seed: int | None = None,
     ) -> FaceParser:
+        from facexlib.parsing.parsenet import ParseNet
+
         with torch.device("meta"):
             net = ParseNet(in_size=PARSE_SIZE, out_size=PARSE_SIZE, parsing_ch=19)
         load_network(net, weights or "parsenet", weights_dir, synthetic_seed)

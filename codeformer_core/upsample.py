@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import spandrel
 import torch
 import torch.nn.functional as F
 
@@ -59,6 +58,8 @@ class Upsampler:
         tile: int = DEFAULT_TILE,
         pad: int = TILE_PAD,
     ) -> tuple[Upsampler, WeightsInfo]:
+        import spandrel  # imported when a network is built (see codeformer_core.detect)
+
         state_dict, info = realesrgan_weights(scale, weights, weights_dir, synthetic_seed)
         descriptor = spandrel.ModelLoader().load_from_state_dict(state_dict)
         if descriptor.scale != scale:
