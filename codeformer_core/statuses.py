@@ -30,4 +30,8 @@ MEANINGS = {
     DEGRADE_ERROR: "making the LQ images failed on this batch",
 }
 
+# A video segment's closing row inside a job, after its frames' rows: decoded to its end. Never
+# written: the segment's images/ row says ok.
+SEGMENT_DONE = "segment_done"
+
 RETRYABLE = frozenset({UNAVAILABLE})  # a rerun of the same command processes these inputs again

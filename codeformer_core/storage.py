@@ -114,18 +114,18 @@ def _uri_of(uri: str, path: str) -> str:
     return f"s3://{path}" if is_s3(uri) else path
 
 
-def iter_images(uri: str, chunk: int) -> Iterator[list[str]]:
-    """Image files under a folder or prefix, recursively, in lists of up to `chunk`, in the order of
-    their full paths (S3's key order; locally a walk whose order is the same), without ever holding
-    the whole listing. Extensions match in any case."""
+def iter_images(uri: str, chunk: int, suffixes: tuple[str, ...] = IMAGE_EXTENSIONS) -> Iterator[list[str]]:
+    """Files with `suffixes` (images by default) under a folder or prefix, recursively, in lists of
+    up to `chunk`, in the order of their full paths (S3's key order; locally a walk whose order is
+    the same), without ever holding the whole listing. Extensions match in any case."""
     filesystem, path = filesystem_and_path(uri)
     info = filesystem.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"nothing at {uri}")
     if info.type == pafs.FileType.File:
-        yield [uri] if path.lower().endswith(IMAGE_EXTENSIONS) else []
+        yield [uri] if path.lower().endswith(suffixes) else []
         return
-    found = (p for p in (_s3_keys(path) if is_s3(uri) else _walk(path)) if p.lower().endswith(IMAGE_EXTENSIONS))
+    found = (p for p in (_s3_keys(path) if is_s3(uri) else _walk(path)) if p.lower().endswith(suffixes))
     while batch := [_uri_of(uri, p) for p in itertools.islice(found, chunk)]:
         yield batch
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 
 import av
 import numpy as np
 
 from codeformer_core import storage
+from codeformer_core.statuses import DECODE_ERROR, READ_ERROR, UNAVAILABLE
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 VIDEO_CODEC = "libx264"
@@ -62,6 +63,13 @@ class Frame:
     rgb: np.ndarray  # (H, W, 3) uint8
 
 
+def segments(frames: int, size: int) -> list[tuple[int, int | None]]:
+    """Frame ranges [start, stop) of `size` frames covering a video of about `frames` frames; the
+    last runs to the end (stop None), so that a count that is short of the truth loses nothing."""
+    count = max(1, -(-frames // size))
+    return [(k * size, (k + 1) * size if k + 1 < count else None) for k in range(count)]
+
+
 def is_video(uri: str) -> bool:
     return uri.lower().endswith(VIDEO_SUFFIXES)
 
@@ -94,6 +102,31 @@ def probe(container: av.container.InputContainer) -> VideoInfo:
     audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
     frames = stream.frames or round(duration * fps)
     return VideoInfo(stream.codec_context.width, stream.codec_context.height, fps, frames, duration, stream.codec_context.name, audio)
+
+
+def probe_uri(uri: str) -> dict:
+    """`probe` of the video at `uri` as a dict, or failure's {"status", "error"}."""
+    try:
+        with open_video(uri) as container:
+            return asdict(probe(container))
+    except Exception as exc:  # whatever a file or its storage does is this video's status
+        return failure(uri, exc)
+
+
+def failure(uri: str, exc: Exception) -> dict:
+    """{"status", "error"} of a video that could not be opened or read: read_error for a missing or
+    unreadable local file, unavailable for another failure of S3 (a rerun tries again),
+    decode_error for what FFmpeg cannot read."""
+    text = f"{type(exc).__name__}: {exc}"[:500]
+    if isinstance(exc, FileNotFoundError):
+        return {"status": READ_ERROR, "error": text}
+    if isinstance(exc, av.error.FFmpegError):
+        return {"status": DECODE_ERROR, "error": f"not a readable video: {text}"}
+    if isinstance(exc, IndexError):
+        return {"status": DECODE_ERROR, "error": "the file holds no video stream"}
+    if isinstance(exc, OSError):
+        return {"status": UNAVAILABLE if storage.is_s3(uri) else READ_ERROR, "error": text}
+    return {"status": DECODE_ERROR, "error": text}
 
 
 def decode(container: av.container.InputContainer, sampling: Sampling, start: int = 0, stop: int | None = None) -> Iterator[Frame]:

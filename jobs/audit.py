@@ -7,8 +7,10 @@ image itself with --aligned) gets its face facts (detection score, size, eye dis
 roll from the 5 landmarks) and no-reference quality metrics (sharpness, noise, JPEG
 blockiness, brightness, contrast, colourfulness, NIQE). With --restore, CodeFormer restores it
 and the same metrics of the result, the ArcFace identity similarity between input and result,
-and the landmark distance (LMD) between them, are added. Output under --output: images/ (one
-row per input) and faces/ (one row per face, with `keep` and `dropped_by` from --thresholds),
+and the landmark distance (LMD) between them, are added. Videos are listed next to images and
+sampled at 1 frame a second unless --fps or --every-n-frames says otherwise. Output under
+--output: images/ (one row per input; one per segment of a video), frames/ (one row per kept
+frame of a video) and faces/ (one row per face, with `keep` and `dropped_by` from --thresholds),
 kept.parquet (a manifest of the kept faces: source_uri and landmarks, which the other jobs take
 as --input), and report.html with figures/*.png. The report is built from the written tables by
 a streaming pass whose memory and output size do not grow with the corpus. A rerun after a
@@ -43,6 +45,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restore", action="store_true", help="also restore each face with CodeFormer and measure the result and its identity similarity to the input")
     cli.add_restore_flags(p, "with --restore")
     cli.add_measure_flags(p)
+    cli.add_video_flags(p, 1.0)
     cli.add_detect_flags(p)
 
 
@@ -107,7 +110,7 @@ def finish(common: Common, cfg: AuditConfig, changed: bool) -> list[str]:
     return [f"kept {kept} of {summary.totals()['faces']} faces: {common.output}/{KEPT_MANIFEST}; report: {report}"]
 
 
-JOB = Job("audit", __doc__, ("images", "faces"), "faces", "measured", add_flags, configure, preflight, stages, finish)
+JOB = Job("audit", __doc__, ("images", "faces", "frames"), "faces", "measured", add_flags, configure, preflight, stages, finish)
 
 if __name__ == "__main__":
     sys.exit(main(JOB))

@@ -10,9 +10,11 @@ from codeformer_core.detect import MODELS, DetectConfig
 from codeformer_core.metrics import NO_REFERENCE
 from codeformer_core.restore import MAX_AUTO_BATCH, PRECISIONS, Speed
 from codeformer_core.storage import READ_ATTEMPTS
+from codeformer_core.video import VIDEO_SUFFIXES, Sampling
 from codeformer_core.weights import SYNTHETIC_SPEC_PREFIX
 
 SHARD_SIZE = 1000  # inputs per shard: the unit of commit and resume, and the rows of each committed file but a shard's last
+SEGMENT_FRAMES = 250  # frames per segment of a video: 10 s at 25 fps, the unit of a video that is spread, committed and resumed
 CPU_BLOCK = 8  # rows per batch of the CPU stages when --batch-size is auto and there is no GPU
 
 
@@ -38,6 +40,13 @@ def fidelity_weight(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
     return value
 
 
@@ -102,6 +111,32 @@ def parser(prog: str, doc: str) -> argparse.ArgumentParser:
         "a local path is refused when the job joins a cluster (--ray-address or $RAY_ADDRESS)",
     )
     return p
+
+
+def add_video_flags(p: argparse.ArgumentParser, default_fps: float | None) -> None:
+    """Video inputs, sampled by default at `default_fps` frames a second (None: every frame)."""
+    default = f"{default_fps:g} a second" if default_fps else "every frame"
+    v = p.add_argument_group(f"video inputs ({', '.join(s.lstrip('.') for s in VIDEO_SUFFIXES)}), listed next to images")
+    kept = v.add_mutually_exclusive_group()
+    kept.add_argument("--every-n-frames", type=positive_int, default=None, help=f"keep every Nth frame of a video, from its first (default: {default})")
+    kept.add_argument("--fps", type=positive_float, default=None, help=f"keep this many frames a second of a video: the first of each 1/F s (default: {default})")
+    v.add_argument(
+        "--segment-frames",
+        type=positive_int,
+        default=SEGMENT_FRAMES,
+        help=f"frames per segment: a video is cut into segments that run on the cluster's workers side by side and are "
+        f"committed (and resumed) like inputs (default {SEGMENT_FRAMES})",
+    )
+    p.set_defaults(video_default_fps=default_fps)
+
+
+def sampling(args: argparse.Namespace) -> Sampling | None:
+    """The frames kept by the job's video flags; None for a job without them."""
+    if not hasattr(args, "segment_frames"):
+        return None
+    if args.every_n_frames:
+        return Sampling(every_n=args.every_n_frames)
+    return Sampling(fps=args.fps or args.video_default_fps)
 
 
 def add_detect_flags(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:

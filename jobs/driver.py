@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import codeformer_core
 from codeformer_core import storage
 from codeformer_core.statuses import RETRYABLE
+from codeformer_core.video import Sampling
 from codeformer_core.weights import WeightsError
 from jobs import cli, ledger, listing, memory, pipeline, resources, runner
 from jobs.cli import UsageError
@@ -57,6 +58,8 @@ class Common:
     ray_address: str | None
     shard_size: int
     shared_output: bool
+    sampling: Sampling | None  # the frames kept of each video; None for a job without videos
+    segment_frames: int | None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Common:
@@ -67,7 +70,8 @@ class Common:
             input=args.input, output=args.output.rstrip("/"), aligned=args.aligned, limit=args.limit, max_pixels=args.max_pixels, read_attempts=args.read_attempts,
             uri_column=args.uri_column, weights_dir=args.weights_dir, synthetic=args.synthetic_weights, batch_size=args.batch_size,
             workers=args.workers, threads=args.threads_per_worker, device=args.device, ray_address=args.ray_address,
-            shard_size=args.shard_size, shared_output=args.shared_output,
+            shard_size=args.shard_size, shared_output=args.shared_output, sampling=cli.sampling(args),
+            segment_frames=getattr(args, "segment_frames", None),
         )
 
 
@@ -139,6 +143,8 @@ def start_ray(common: Common) -> None:
     """Join the cluster check_cluster accepted, or start a local Ray."""
     import ray
 
+    if ray.is_initialized():  # started to probe videos while listing
+        return
     address = cluster_address(common)
     if not address:
         ray.init(address="local", include_dashboard=False, logging_level="ERROR")
@@ -173,12 +179,29 @@ def drop_harmless_ray_lines() -> None:
 
 def prepare(job: Job, common: Common, cfg: object, lock: OutputLock) -> tuple[listing.Listing, dict, ledger.Resume]:
     """Everything that can stop the job before any work: the listing, the weights, the output's state."""
-    inputs = listing.listing(common.output, common.input, common.uri_column, common.limit, common.shard_size)
-    run = record(job, job.preflight(common, cfg, inputs.needs_detector(common.aligned)))
+    inputs = listing.listing(
+        common.output, common.input, common.uri_column, common.limit, common.shard_size, common.segment_frames, functools.partial(probe_videos, common)
+    )
+    video = {"video": {"every_n": common.sampling.every_n, "fps": common.sampling.fps}} if common.sampling else {}
+    run = record(job, {**job.preflight(common, cfg, inputs.needs_detector(common.aligned)), **video})
     if lock.lost.is_set():
         raise OutputLockedError(f"another job took {common.output} over while this one listed its inputs; use another --output")
     resume = ledger.prepare(common.output, run, job.tables, inputs)
     return inputs, run, resume
+
+
+PROBE_GROUP = 64  # videos probed by one Ray task
+
+
+def probe_videos(common: Common, uris: list[str]) -> list[dict]:
+    """listing.probe_group over `uris` (one listing chunk), in Ray tasks of PROBE_GROUP videos, so
+    that the requests are spread over the cluster instead of leaving the driver one by one."""
+    import ray
+
+    start_ray(common)
+    task = ray.remote(num_cpus=resources.TASK_CPUS, max_retries=3)(listing.probe_group)
+    refs = [task.remote(uris[i : i + PROBE_GROUP]) for i in range(0, len(uris), PROBE_GROUP)]
+    return [info for ref in refs for info in ray.get(ref)]
 
 
 def plan_of(job: Job, common: Common, cfg: object, inputs: listing.Listing, run: dict) -> Callable[[dict[int, int]], object]:

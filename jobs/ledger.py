@@ -30,10 +30,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
+import schemas.frames
 from codeformer_core import storage
-from codeformer_core.statuses import RETRYABLE
+from codeformer_core.statuses import OK, RETRYABLE, SEGMENT_DONE
 from jobs.listing import Listing
-from jobs.stages.batches import Batch, clean
+from jobs.stages.batches import Batch, clean, missing
 
 ROWS = "images"  # the table of every job with one row per input and its status
 MARKERS = "_shards"
@@ -68,38 +69,94 @@ def shard_name(shard: int) -> str:
     return f"shard-{shard:08d}"
 
 
-def piece_name(positions: np.ndarray) -> str:
-    """Named by its first input and the digest of all its inputs' places in the shard: a task Ray
-    runs again writes the same name, and a task of an earlier run still going, whose batch held
-    other inputs, can only add a piece nobody reads, never replace one that came out."""
-    return f"p{int(positions[0]):08d}-{hashlib.sha256(positions.astype(np.int64).tobytes()).hexdigest()[:12]}"
+def piece_name(positions: np.ndarray, frames: np.ndarray) -> str:
+    """Named by its first row and the digest of all its rows' places (input in the shard, frame in
+    a video): a task Ray runs again writes the same name, and a task of an earlier run still going,
+    whose batch held other rows, can only add a piece nobody reads, never replace one that came out."""
+    places = np.stack([positions, frames]).astype(np.int64).tobytes()
+    return f"p{int(positions[0]):08d}-{int(frames[0]) + 2:07d}-{hashlib.sha256(places).hexdigest()[:12]}"
+
+
+IMAGE, CLOSING = -2, -1  # frame_numbers of the rows that are not frames
+
+
+def frame_numbers(batch: Batch) -> np.ndarray:
+    """Each row's place in its video: its frame number, CLOSING for a segment's closing row, IMAGE for an image."""
+    if "frame_index" not in batch:
+        return np.full(len(batch["image_id"]), IMAGE, np.int64)
+    video = [not missing(v) for v in batch["video"]]
+    return np.array([int(f) if not missing(f) else CLOSING if v else IMAGE for f, v in zip(batch["frame_index"], video)], np.int64)
 
 
 def images_table(batch: Batch, schema: pa.Schema, **columns: list) -> pa.Table:
-    """The batch's `images/` rows: the columns every job has, then the job's own `columns`."""
+    """The batch's `images/` rows: the columns every job has, then the job's own `columns`; for a
+    video, one row per segment (its closing row), whose num_* columns are null and whose
+    schemas.VIDEO_ROW columns say what the segment and the video hold. Frames' rows have none."""
+    frames = frame_numbers(batch)
+    rows = np.flatnonzero(frames < 0)
+    segment = frames[rows] == CLOSING
+    cells = [json.loads(batch["video"][i]) if closing else {} for i, closing in zip(rows, segment)]
+    status = [OK if s == SEGMENT_DONE else str(s) for s in np.asarray(batch["status"])[rows]]
     common = {
-        "source_uri": [str(u) for u in batch["source_uri"]],
-        "image_id": [str(i) for i in batch["image_id"]],
-        "status": [str(s) for s in batch["status"]],
-        "error": [clean(e) for e in batch["error"]],
-        "width": [clean(v) for v in batch["width"]],
-        "height": [clean(v) for v in batch["height"]],
+        "source_uri": [str(batch["source_uri"][i]) for i in rows],
+        "image_id": [str(batch["image_id"][i]) for i in rows],
+        "status": status,
+        "error": [clean(batch["error"][i]) for i in rows],
+        "width": [clean(batch["width"][i]) for i in rows],
+        "height": [clean(batch["height"][i]) for i in rows],
     }
-    return schemas.conform(pa.table({**common, **columns}), schema)
+    own = {k: [None if closing and k.startswith("num_") else v[i] for i, closing in zip(rows, segment)] for k, v in columns.items()}
+    if "segment" in schema.names:
+        made = [int(batch["segment_rows"][i]) - 1 if closing else None for i, closing in zip(rows, segment)]
+        own |= {"frames": made, "frame_start": [c.get("start") for c in cells], "frame_stop": [c.get("stop") for c in cells]}
+        own |= {name: [c.get(key) for c in cells] for name, key in VIDEO_KEYS.items()}
+    return schemas.conform(pa.table({**common, **own}), schema)
+
+
+VIDEO_KEYS = {"segment": "segment", "fps": "fps", "duration": "duration", "frame_count": "frames", "codec": "codec", "audio_codec": "audio_codec"}
+
+
+def frames_table(batch: Batch) -> pa.Table:
+    """The batch's frames/ rows: one per decoded frame of a video."""
+    rows = np.flatnonzero(frame_numbers(batch) >= 0)
+    return schemas.conform(pa.table({
+        "image_id": [str(batch["image_id"][i]) for i in rows],
+        "source_uri": [str(batch["source_uri"][i]) for i in rows],
+        "segment": [json.loads(batch["video"][i])["segment"] for i in rows],
+        "frame_index": [int(batch["frame_index"][i]) for i in rows],
+        "timestamp": [float(batch["timestamp"][i]) for i in rows],
+        "status": [str(batch["status"][i]) for i in rows],
+        "error": [clean(batch["error"][i]) for i in rows],
+        "width": [clean(batch["width"][i]) for i in rows],
+        "height": [clean(batch["height"][i]) for i in rows],
+        "num_faces": [len(batch["affine"][i]) if "affine" in batch and not missing(batch["affine"][i]) else 0 for i in rows],
+    }), schemas.frames.SCHEMA)
 
 
 def stage(batch: Batch, output: str, items: str, make: Callable[[Batch], tuple[Tables, Files]]) -> Batch:
     """Write the batch's rows as one staged piece per shard it holds: `make` turns a shard's rows into
-    its tables (Parquet) and files (.tar); `items` is the table whose rows the job counts. One row
-    out per piece, for the process that commits shards."""
+    its tables (Parquet) and files (.tar), and frames' rows make frames/; `items` is the table whose
+    rows the job counts. One row out per piece, for the process that commits shards: its images
+    (`inputs`), and for each video segment it holds rows of, how many and, from the segment's
+    closing row, how many the segment has (`segments`)."""
     shards, positions = np.asarray(batch["shard"], np.int64), np.asarray(batch["position"], np.int64)
-    out: dict[str, list] = {"shard": [], "first": [], "inputs": [], "items": [], "statuses": [], "written": []}
+    frames = frame_numbers(batch)
+    out: dict[str, list] = {"shard": [], "first": [], "inputs": [], "segments": [], "items": [], "statuses": [], "written": []}
     for shard in np.unique(shards):
         rows = np.flatnonzero(shards == shard)
         rows = rows[np.argsort(positions[rows], kind="stable")]
-        tables, files = make({name: np.asarray(column)[rows] for name, column in batch.items()})
-        first = int(positions[rows[0]])
-        piece = piece_name(positions[rows])
+        part = {name: np.asarray(column)[rows] for name, column in batch.items()}
+        tables, files = make(part)
+        if (frames[rows] >= 0).any():
+            tables["frames"] = frames_table(part)
+        first = [int(positions[rows[0]]), int(frames[rows[0]])]
+        piece = piece_name(positions[rows], frames[rows])
+        segments: dict[int, list] = {}
+        for position, frame, total in zip(positions[rows], frames[rows], part.get("segment_rows", [None] * len(rows))):
+            if frame != IMAGE:
+                counted = segments.setdefault(int(position), [0, None])
+                counted[0] += 1
+                counted[1] = counted[1] if missing(total) else int(total)
         base = storage.join(output, STAGING, shard_name(int(shard)))
         written = []
         for name, table in tables.items():
@@ -113,18 +170,19 @@ def stage(batch: Batch, output: str, items: str, make: Callable[[Batch], tuple[T
             storage.write_bytes(storage.join(base, rel), data)
             written.append(rel)
         out["shard"].append(int(shard))
-        out["first"].append(first)
-        out["inputs"].append(len(rows))
+        out["first"].append(json.dumps(first))
+        out["inputs"].append(int((frames[rows] == IMAGE).sum()))
+        out["segments"].append(json.dumps(segments))
         out["items"].append(tables[items].num_rows)
-        out["statuses"].append(json.dumps(Counter(str(s) for s in np.asarray(batch["status"])[rows])))
+        out["statuses"].append(json.dumps(Counter(tables[ROWS].column("status").to_pylist())))
         out["written"].append(json.dumps(written))
     return {k: np.array(v) for k, v in out.items()}
 
 
 def commit_shard(
-    output: str, shard: int, digest: str, pieces: list[tuple[int, list[str]]], inputs: int, statuses: dict[str, int], items: int, generation: int = 0
+    output: str, shard: int, digest: str, pieces: list[tuple[list[int], list[str]]], inputs: int, statuses: dict[str, int], items: int, generation: int = 0
 ) -> dict:
-    """Merge `pieces` (first input, staged files) into the shard's files, then write its marker; what
+    """Merge `pieces` ([first input, its frame], staged files) into the shard's files, then write its marker; what
     it added: {"shard", "inputs", "items"}. Generation 0 is the whole shard. Generation g > 0 holds
     the inputs that generation g - 1 left retryable, run again: the shard's images/ rows are written
     anew with theirs in place, its other files are kept and theirs added. A shard already committed

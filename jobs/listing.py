@@ -5,7 +5,11 @@ Listing streams: a folder or s3:// prefix is walked page by page in the order of
 inputs go, in that order, into `<output>/_listing/inputs-NNNNN.parquet`, one row group per shard
 of `shard_size` inputs. Shard k is therefore the same inputs on every rerun, and a rerun reads
 this listing back instead of listing the source again. The driver holds one chunk at a time,
-plus, for manifests (where a URI may repeat), 10 bytes per unique input to drop repeats."""
+plus, for manifests (where a URI may repeat), 10 bytes per unique input to drop repeats.
+
+For a job that takes videos, each video is probed (by the `probe` the driver gives, which spreads a
+chunk's videos over Ray tasks) and listed as one row per segment of `segment_frames` frames, its
+`video` cell (JSON) holding the segment and what the probe found; an image's is null."""
 
 from __future__ import annotations
 
@@ -14,13 +18,14 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from codeformer_core import storage
+from codeformer_core import storage, video
 from jobs.cli import UsageError
 
 LANDMARKS_COLUMN = "landmarks"
@@ -29,6 +34,9 @@ LISTING = "_listing"
 RECORD = f"{LISTING}/listing.json"
 SHARDS_PER_FILE = 64  # row groups of one listing file, so that reading one shard parses a small footer
 PROGRESS_SECONDS = 10.0
+PROBE_THREADS = 16  # probes in flight in one task: each is a few small reads
+
+Probe = Callable[[list[str]], list[dict]]  # video URIs -> video.probe_uri of each, in order
 
 
 def image_id(uri: str) -> str:
@@ -57,6 +65,8 @@ class Listing:
     landmarks: bool  # the manifest has a landmarks column
     missing_landmarks: int  # rows where that column is empty
     digests: tuple[str, ...]  # of each shard's image ids, which its commit marker must match
+    segment_frames: int | None = None  # videos are listed, in segments of this many frames
+    videos: int = 0
 
     @property
     def shards(self) -> int:
@@ -67,7 +77,7 @@ class Listing:
 
     def needs_detector(self, aligned: bool) -> bool:
         """Whole images some of which have no manifest landmarks."""
-        return not aligned and (not self.landmarks or self.missing_landmarks > 0)
+        return not aligned and (not self.landmarks or self.missing_landmarks > 0 or self.videos > 0)
 
 
 def shard_location(output: str, shard: int) -> tuple[str, int]:
@@ -82,17 +92,20 @@ def read_shard(output: str, shard: int) -> pa.Table:
         return pq.ParquetFile(f).read_row_group(group)
 
 
-def listing(output: str, source: str, uri_column: str | None, limit: int | None, shard_size: int) -> Listing:
+def listing(
+    output: str, source: str, uri_column: str | None, limit: int | None, shard_size: int, segment_frames: int | None = None, probe: Probe | None = None
+) -> Listing:
     """The listing `output` holds when it was made from the same source with the same settings;
-    otherwise the source is listed anew (refused when the output was made from another source)."""
+    otherwise the source is listed anew (refused when the output was made from another source).
+    With `segment_frames`, videos are listed too, probed by `probe`."""
     record = storage.join(output, RECORD)
     if storage.file_size(record) is not None:
         fields = json.loads(storage.read_bytes(record))
         earlier = Listing(**{**fields, "digests": tuple(fields["digests"])})
-        if (earlier.input, earlier.uri_column, earlier.shard_size) != (source, uri_column, shard_size):
+        if (earlier.input, earlier.uri_column, earlier.shard_size, earlier.segment_frames) != (source, uri_column, shard_size, segment_frames):
             raise UsageError(
                 f"{output} holds the output of --input {earlier.input} (--uri-column {earlier.uri_column}, --shard-size "
-                f"{earlier.shard_size}); use another --output, or the same input and settings to resume"
+                f"{earlier.shard_size}, --segment-frames {earlier.segment_frames}); use another --output, or the same input and settings to resume"
             )
         if earlier.limit == limit:
             return earlier
@@ -102,25 +115,33 @@ def listing(output: str, source: str, uri_column: str | None, limit: int | None,
                 "raise --limit or drop it, not lower it: use another --output"
             )
     storage.delete_dir(storage.join(output, LISTING))
-    made = make(output, source, uri_column, limit, shard_size)
+    made = make(output, source, uri_column, limit, shard_size, segment_frames, probe)
     storage.write_bytes(record, json.dumps(asdict(made), indent=1).encode())
     return made
 
 
-def make(output: str, source: str, uri_column: str | None, limit: int | None, shard_size: int) -> Listing:
-    """List `source` into `output`'s listing files, streaming, each input once, at most `limit`."""
+def make(
+    output: str, source: str, uri_column: str | None, limit: int | None, shard_size: int, segment_frames: int | None = None, probe: Probe | None = None
+) -> Listing:
+    """List `source` into `output`'s listing files, streaming, each input once, at most `limit`;
+    with `segment_frames`, videos too, a row per segment."""
     manifest = storage.is_manifest(source)
     seen = SeenIds() if manifest else None
-    rows, missing, landmarks, shards = 0, 0, False, ShardWriter(output, shard_size)
+    suffixes = storage.IMAGE_EXTENSIONS + (video.VIDEO_SUFFIXES if segment_frames else ())
+    files, rows, missing, landmarks, videos, shards = 0, 0, 0, False, 0, ShardWriter(output, shard_size)
     last = time.monotonic()
     try:
-        for chunk in chunks(source, uri_column):
+        for chunk in chunks(source, uri_column, suffixes):
             ids = in_chunks(chunk.column("source_uri"), image_id, pa.string())
             chunk = chunk.append_column("image_id", ids)
             if seen is not None:
                 chunk = chunk.filter(pa.array(seen.first_seen(ids.to_pylist())))
             if limit is not None:
-                chunk = chunk.slice(0, limit - rows)
+                chunk = chunk.slice(0, limit - files)
+            files += chunk.num_rows
+            if segment_frames:
+                chunk, found = with_segments(chunk, segment_frames, probe)
+                videos += found
             if LANDMARKS_COLUMN in chunk.column_names:
                 landmarks = True
                 parsed = landmarks_of(chunk.column(LANDMARKS_COLUMN))
@@ -129,9 +150,9 @@ def make(output: str, source: str, uri_column: str | None, limit: int | None, sh
             shards.add(chunk)
             rows += chunk.num_rows
             if time.monotonic() - last > PROGRESS_SECONDS:
-                print(f"listing {source}: {rows} inputs so far", file=sys.stderr)
+                print(f"listing {source}: {files} inputs so far", file=sys.stderr)
                 last = time.monotonic()
-            if limit is not None and rows >= limit:
+            if limit is not None and files >= limit:
                 break
     except FileNotFoundError:
         raise UsageError(f"input {source} does not exist") from None
@@ -139,8 +160,39 @@ def make(output: str, source: str, uri_column: str | None, limit: int | None, sh
         raise UsageError(f"cannot read input {source}: {exc}") from None
     shards.close()
     if not rows:
-        raise UsageError(f"no images ({', '.join(e.lstrip('.') for e in storage.IMAGE_EXTENSIONS)}) found under {source}")
-    return Listing(source, uri_column, limit, shard_size, rows, landmarks, missing, tuple(shards.digests))
+        raise UsageError(f"no {'images or videos' if segment_frames else 'images'} ({', '.join(e.lstrip('.') for e in suffixes)}) found under {source}")
+    return Listing(source, uri_column, limit, shard_size, rows, landmarks, missing, tuple(shards.digests), segment_frames, videos)
+
+
+def with_segments(chunk: pa.Table, segment_frames: int, probe: Probe) -> tuple[pa.Table, int]:
+    """`chunk` with a `video` column: null for an image, and each video's row repeated once per
+    segment, the cell holding the segment and the probe's findings; how many videos it held. A video
+    the probe could not read is one segment to its end, whose decode says what is wrong."""
+    uris = chunk.column("source_uri").to_pylist()
+    found = [u for u in uris if video.is_video(u)]
+    infos = iter(probe(found) if found else ())
+    take, cells = [], []
+    for i, uri in enumerate(uris):
+        if not video.is_video(uri):
+            take.append(i)
+            cells.append(None)
+            continue
+        info = next(infos)
+        ranges = video.segments(info["frames"], segment_frames) if "status" not in info else [(0, None)]
+        for k, (start, stop) in enumerate(ranges):
+            take.append(i)
+            cells.append(json.dumps({"segment": k, "start": start, "stop": stop, **info}))
+    table = chunk.take(pa.array(take, pa.int64())).append_column("video", pa.array(cells, pa.string()))
+    if LANDMARKS_COLUMN in table.column_names:  # a manifest's landmarks are of an image; a video's faces are detected
+        table = table.set_column(table.schema.get_field_index(LANDMARKS_COLUMN), LANDMARKS_COLUMN,
+                                 pa.array([None if c is not None else v for c, v in zip(cells, table.column(LANDMARKS_COLUMN).to_pylist())], table.schema.field(LANDMARKS_COLUMN).type))
+    return table, len(found)
+
+
+def probe_group(uris: list[str]) -> list[dict]:
+    """video.probe_uri of each of `uris`, PROBE_THREADS at a time, in order."""
+    with ThreadPoolExecutor(min(PROBE_THREADS, max(len(uris), 1))) as pool:
+        return list(pool.map(video.probe_uri, uris))
 
 
 def landmarks_of(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -150,11 +202,11 @@ def landmarks_of(column: pa.ChunkedArray) -> pa.ChunkedArray:
         raise UsageError(f"manifest column {LANDMARKS_COLUMN!r} must hold lists of 10 numbers per face: {exc}") from None
 
 
-def chunks(source: str, uri_column: str | None) -> Iterator[pa.Table]:
+def chunks(source: str, uri_column: str | None, suffixes: tuple[str, ...]) -> Iterator[pa.Table]:
     if storage.is_manifest(source):
         yield from storage.iter_manifest(source, uri_column, LISTING_CHUNK, keep=(LANDMARKS_COLUMN,))
     else:
-        for uris in storage.iter_images(source, LISTING_CHUNK):
+        for uris in storage.iter_images(source, LISTING_CHUNK, suffixes):
             yield pa.table({"source_uri": pa.array(uris, pa.string())})
 
 

@@ -8,8 +8,12 @@ optionally, a `landmarks` column of five-point landmarks per face (then no detec
 Without --aligned, faces are found with RetinaFace, aligned to the FFHQ 512 template, restored
 and, with --paste, pasted back into the whole image. Each face is then measured as --metrics
 says, with its ArcFace identity similarity to the input unless --no-identity.
-Output is Parquet tables under --output: images/ (one row per input, with a status), faces/
-(one row per restored face, PNG crops and lineage) and, with --paste, pasted/. Running the same
+Videos (mp4, mov, avi, mkv, webm) are listed next to images; every frame is restored unless
+--every-n-frames or --fps says otherwise, and a video is cut into segments of --segment-frames
+that run side by side.
+Output is Parquet tables under --output: images/ (one row per input, with a status; one per
+segment of a video), faces/ (one row per restored face, PNG crops and lineage), frames/ (one row
+per kept frame of a video) and, with --paste, pasted/. Running the same
 command again after a crash finishes the output without duplicating rows; a finished output is
 left as it is.
 """
@@ -36,6 +40,7 @@ LAYOUTS = ("separate", "fused")
 def add_flags(p: argparse.ArgumentParser) -> None:
     cli.add_restore_flags(p, "always")
     cli.add_measure_flags(p)
+    cli.add_video_flags(p, None)
     d = cli.add_detect_flags(p)
     d.add_argument(
         "--detect-layout",
@@ -137,7 +142,7 @@ def stages(common: Common, cfg: RestoreConfig, ctx: Context) -> list[Stage]:
     return found + [stage(models.encode_faces, columns=("crops", "restored")), stage(write_restored, output=common.output, run=ctx.record)]
 
 
-JOB = Job("restore", __doc__, ("images", "faces", "pasted"), "faces", "restored", add_flags, configure, preflight, stages)
+JOB = Job("restore", __doc__, ("images", "faces", "pasted", "frames"), "faces", "restored", add_flags, configure, preflight, stages)
 
 if __name__ == "__main__":
     sys.exit(main(JOB))

@@ -100,10 +100,23 @@ def quiet_ray_data() -> None:
 
 @dataclass
 class OpenShard:
-    pieces: dict[int, list[str]] = field(default_factory=dict)  # first input -> staged files
+    pieces: dict[tuple[int, int], list[str]] = field(default_factory=dict)  # (first input, its frame) -> staged files
+    segments: dict[int, list] = field(default_factory=dict)  # a video segment's place -> [its rows come out, all its rows once known]
     inputs: int = 0
     items: int = 0
     statuses: Counter = field(default_factory=Counter)
+
+    def count_segments(self, rows: dict[str, list]) -> int:
+        """Add a piece's rows of video segments; how many segments have now come out whole."""
+        whole = 0
+        for position, (count, total) in rows.items():
+            counted = self.segments.setdefault(int(position), [0, None])
+            counted[0] += count
+            counted[1] = total if total is not None else counted[1]
+            if counted[0] == counted[1]:
+                whole += 1
+                del self.segments[int(position)]
+        return whole
 
 
 def run_shards(plan: Callable[[dict[int, Work]], object], shards: dict[int, Work], digests: tuple[str, ...], output: str) -> Iterator[dict]:
@@ -124,16 +137,17 @@ def run_shards(plan: Callable[[dict[int, Work]], object], shards: dict[int, Work
     last, recycled = time.monotonic(), False
     batches = iter(plan(shards).iter_batches(batch_size=None, batch_format="numpy"))
     for batch in batches:
-        for shard, first, inputs, items, statuses, written in zip(*(batch[k] for k in ("shard", "first", "inputs", "items", "statuses", "written"))):
-            shard, first = int(shard), int(first)
+        for shard, first, inputs, segments, items, statuses, written in zip(*(batch[k] for k in ("shard", "first", "inputs", "segments", "items", "statuses", "written"))):
+            shard, first = int(shard), tuple(json.loads(first))
             state = open_shards.setdefault(shard, OpenShard())
             if first in state.pieces or shard in closed:  # a piece comes out once; this guards the count if it ever came twice
                 continue
             state.pieces[first] = json.loads(written)
-            state.inputs += int(inputs)
+            done = int(inputs) + state.count_segments(json.loads(segments))
+            state.inputs += done
             state.items += int(items)
             state.statuses.update(json.loads(statuses))
-            update["processed"] += int(inputs)
+            update["processed"] += done
             if state.inputs == shards[shard].inputs:
                 args = (output, shard, digests[shard], sorted(state.pieces.items()), state.inputs, dict(state.statuses), state.items, shards[shard].generation)
                 committing[commit.remote(*args)] = shard

@@ -10,10 +10,14 @@ from jobs.stages import front, models
 
 
 def front_stages(common, detection: Detection, ctx: Context, restoring: bool = False) -> list[Stage]:
-    """Read, decode and, for whole images, detect (where no manifest landmarks are given) and align;
-    `restoring` tests each image for grey, as restoration needs."""
-    found = [stage(front.read_images, attempts=common.read_attempts),
-             stage(front.decode_images, max_pixels=common.max_pixels, aligned=common.aligned, gray_test=restoring)]
+    """Read, decode (with a job's video flags, videos too: a row per kept frame) and, for whole
+    images, detect (where no manifest landmarks are given) and align; `restoring` tests each image
+    for grey, as restoration needs."""
+    found = [stage(front.read_images, attempts=common.read_attempts)]
+    if common.sampling:
+        found.append(stage(front.decode_inputs, max_pixels=common.max_pixels, aligned=common.aligned, sampling=common.sampling, frames_per_batch=ctx.block, gray_test=restoring))
+    else:
+        found.append(stage(front.decode_images, max_pixels=common.max_pixels, aligned=common.aligned, gray_test=restoring))
     if ctx.detecting:
         found.append(stage(front.DetectFaces, MODEL, 1, detection.config.batch_size, config=detection.config, weights=detection.weights,
                            weights_dir=common.weights_dir, synthetic=ctx.synthetic, device=ctx.place.device))

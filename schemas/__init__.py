@@ -25,6 +25,26 @@ IMAGE_ROW = [
 ]
 
 
+# The last columns of the images/ table of a job that takes videos: null for an image. A video has
+# a row per segment (its frames in frames/), whose status is the segment's decode, and whose
+# num_* columns are null: its frames' rows count those.
+VIDEO_ROW = [
+    pa.field("segment", pa.int32()),  # from 0
+    pa.field("frame_start", pa.int64()),  # the segment's frames [frame_start, frame_stop) of the video
+    pa.field("frame_stop", pa.int64()),  # null: to the end
+    pa.field("frames", pa.int32()),  # its kept frames decoded: its rows in frames/
+    pa.field("fps", pa.float64()),  # the video's, as its container says (average rate)
+    pa.field("duration", pa.float64()),  # seconds
+    pa.field("frame_count", pa.int64()),  # the container's count of frames (else duration x fps)
+    pa.field("codec", pa.string()),
+    pa.field("audio_codec", pa.string()),  # null without an audio stream
+]
+
+
+# The last columns of a faces table: where in its video a face is; null for an image's face.
+FRAME_FIELDS = [pa.field("frame_index", pa.int64()), pa.field("timestamp", pa.float64())]
+
+
 def versioned(name: str, version: int, fields: list[pa.Field]) -> pa.Schema:
     return pa.schema(fields, metadata={"table": name, "schema_version": str(version)})
 

@@ -5,9 +5,9 @@ metrics of the restored face and `ids_*` the identity similarity between the two
 
 import pyarrow as pa
 
-from schemas import IMAGE_STRUCT, versioned
+from schemas import FRAME_FIELDS, IMAGE_STRUCT, versioned
 
-VERSION = 2
+VERSION = 3
 
 NO_REFERENCE = ("sharpness", "noise", "blockiness", "brightness", "contrast", "colourfulness", "niqe")
 FACE_FACTS = ("det_score", "face_size", "interocular", "yaw", "roll")
@@ -37,5 +37,6 @@ SCHEMA = versioned(
         pa.field("thumbnail", IMAGE_STRUCT, nullable=False),  # the aligned input face, 128x128 JPEG
         pa.field("restored_thumbnail", IMAGE_STRUCT),  # with --restore
         pa.field("restored", IMAGE_STRUCT),  # with --restore: the 512x512 restored face, PNG
+        *FRAME_FIELDS,
     ],
 )

@@ -2,9 +2,9 @@
 
 import pyarrow as pa
 
-from schemas import IMAGE_STRUCT, versioned
+from schemas import FRAME_FIELDS, IMAGE_STRUCT, versioned
 
-VERSION = 1
+VERSION = 2
 
 SCHEMA = versioned(
     "pasted",
@@ -14,5 +14,6 @@ SCHEMA = versioned(
         pa.field("source_uri", pa.string(), nullable=False),
         pa.field("upscale", pa.int32(), nullable=False),
         pa.field("pasted", IMAGE_STRUCT, nullable=False),  # PNG, input size times upscale
+        *FRAME_FIELDS,
     ],
 )

@@ -42,3 +42,42 @@ def varied_face(seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     field = cv2.resize(rng.uniform(-60, 60, (8, 8)), (512, 512), interpolation=cv2.INTER_CUBIC)
     return np.clip(synthetic_face(seed, degrade=False) + field[..., None], 0, 255).astype(np.uint8)
+
+
+def two_face_clip(path: Path, seconds: float = 3.0, fps: int = 25, size: tuple[int, int] = (320, 240), audio: bool = True) -> Path:
+    """A clip of two synthetic faces moving across a grey background, written with OpenCV's mp4v
+    encoder; with `audio`, PyAV muxes a 440 Hz AAC track beside it (OpenCV writes no audio)."""
+    import av
+
+    w, h = size
+    faces = [cv2.resize(synthetic_face(seed, degrade=False), (96, 96), interpolation=cv2.INTER_AREA) for seed in (3, 8)]
+    frames = round(seconds * fps)
+    silent = path.with_name(f".{path.stem}.silent.mp4") if audio else path
+    writer = cv2.VideoWriter(str(silent), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for i in range(frames):
+        frame = np.full((h, w, 3), 96, np.uint8)
+        for k, face in enumerate(faces):
+            x = 10 + k * 150 + int(40 * i / frames)
+            y = 60 + int(20 * np.sin(i / 10 + k))
+            frame[y : y + 96, x : x + 96] = face
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    if not audio:
+        return path
+    with av.open(str(silent)) as source, av.open(str(path), mode="w") as out:
+        video_in = source.streams.video[0]
+        video_out = out.add_stream_from_template(video_in)
+        sound = out.add_stream("aac", rate=16000)
+        for packet in source.demux(video_in):
+            if packet.dts is not None:
+                packet.stream = video_out
+                out.mux(packet)
+        t = np.arange(int(seconds * 16000)) / 16000
+        samples = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+        for start in range(0, len(samples), 1024):
+            chunk = av.AudioFrame.from_ndarray(samples[None, start : start + 1024], format="fltp", layout="mono")
+            chunk.sample_rate = 16000
+            out.mux(sound.encode(chunk))
+        out.mux(sound.encode(None))
+    silent.unlink()
+    return path

@@ -17,7 +17,7 @@ from codeformer_core import align, face_metrics
 from codeformer_core.statuses import OK
 from codeformer_core.thresholds import Rule, failed
 from jobs import ledger
-from jobs.stages.batches import Batch, clean, face_of, table
+from jobs.stages.batches import Batch, clean, face_of, file_stem, frame_of, table
 
 THUMBNAIL_SIZE = 128
 
@@ -56,6 +56,8 @@ def face_rows(batch: Batch, rules: tuple[Rule, ...]) -> list[dict]:
         bbox, score = clean(batch["bbox"][i]) if "bbox" in batch else None, clean(batch["det_score"][i]) if "det_score" in batch else None
         landmarks = clean(batch["landmarks"][i]) if "landmarks" in batch else None
         restored = batch["restored"][i] if "restored" in batch else None
+        frame, timestamp = frame_of(batch, i)
+        stem = file_stem(image_id, frame)
         for k, text in enumerate(batch["measures"][i]):
             values = face_facts(landmarks[k] if landmarks else None, clean(batch["affine"][i][k]), score[k] if score else None)
             values |= {k: None if v is None or math.isnan(v) else v for k, v in json.loads(text).items()}
@@ -71,9 +73,11 @@ def face_rows(batch: Batch, rules: tuple[Rule, ...]) -> list[dict]:
                     "affine": clean(batch["affine"][i][k]),
                     "keep": not dropped,
                     "dropped_by": dropped,
-                    "thumbnail": {"bytes": batch["thumbnails"][i][k], "path": f"{image_id}_{k}_thumb.jpg"},
-                    "restored_thumbnail": {"bytes": batch["restored_thumbnails"][i][k], "path": f"{image_id}_{k}_restored_thumb.jpg"} if restored is not None else None,
-                    "restored": {"bytes": restored[k], "path": f"{image_id}_{k}.png"} if restored is not None else None,
+                    "thumbnail": {"bytes": batch["thumbnails"][i][k], "path": f"{stem}_{k}_thumb.jpg"},
+                    "restored_thumbnail": {"bytes": batch["restored_thumbnails"][i][k], "path": f"{stem}_{k}_restored_thumb.jpg"} if restored is not None else None,
+                    "restored": {"bytes": restored[k], "path": f"{stem}_{k}.png"} if restored is not None else None,
+                    "frame_index": frame,
+                    "timestamp": timestamp,
                 }
             )
     return rows

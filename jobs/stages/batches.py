@@ -26,6 +26,10 @@ TYPES = {
     "content_sha256": pa.string(),
     "pasted": pa.binary(),
     "is_gray": pa.bool_(),
+    "video": pa.string(),
+    "frame_index": pa.int64(),
+    "timestamp": pa.float64(),
+    "segment_rows": pa.int64(),
     "width": pa.int64(),
     "height": pa.int64(),
 }
@@ -73,6 +77,18 @@ def statuses(batch: Batch) -> tuple[list[str], list[str | None]]:
 
 def image_of(row_pixels: bytes, width: int, height: int) -> np.ndarray:
     return np.frombuffer(row_pixels, np.uint8).reshape(int(height), int(width), 3)
+
+
+def frame_of(batch: Batch, i: int) -> tuple[int | None, float | None]:
+    """Row `i`'s frame number and time in its video; None, None for an image."""
+    if "frame_index" not in batch or missing(batch["frame_index"][i]):
+        return None, None
+    return int(batch["frame_index"][i]), float(batch["timestamp"][i])
+
+
+def file_stem(image_id: str, frame: int | None) -> str:
+    """The start of the names of what is written for an image, or for one frame of a video."""
+    return image_id if frame is None else f"{image_id}_f{frame:07d}"
 
 
 def face_of(data: bytes) -> np.ndarray:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from codeformer_core import align, codec, gray, storage
+from codeformer_core import align, codec, gray, storage, video
 from codeformer_core.detect import DetectConfig, Detector
-from codeformer_core.statuses import BAD_LANDMARKS, DETECT_ERROR, NO_FACE, OK, READ_ERROR, UNAVAILABLE
+from codeformer_core.statuses import BAD_LANDMARKS, DECODE_ERROR, DETECT_ERROR, NO_FACE, OK, READ_ERROR, SEGMENT_DONE, TOO_LARGE, UNAVAILABLE
 from jobs.stages.batches import Batch, clean, image_of, short_error, statuses, table
 
 
@@ -18,9 +20,12 @@ READ_THREADS = 16  # reads of one batch in flight at once: object stores answer 
 
 
 def read_images(batch: Batch, attempts: int) -> pa.Table:
-    """Each input's bytes; a failure that may pass is tried `attempts` times before it is `unavailable`."""
+    """Each image's bytes; a failure that may pass is tried `attempts` times before it is `unavailable`.
+    A video segment's row is left to decode_inputs, which streams the file."""
 
-    def read(uri: str) -> tuple[bytes, str, str | None]:
+    def read(uri: str, segment: object) -> tuple[bytes, str, str | None]:
+        if segment is not None:
+            return b"", OK, None
         try:
             return storage.read_bytes(uri, attempts), OK, None
         except storage.ReadError as exc:
@@ -30,14 +35,15 @@ def read_images(batch: Batch, attempts: int) -> pa.Table:
 
     uris = [str(u) for u in batch["source_uri"]]
     with ThreadPoolExecutor(min(READ_THREADS, max(len(uris), 1))) as pool:
-        data, status, error = zip(*pool.map(read, uris)) if uris else ((), (), ())
+        segments = [clean(v) for v in batch["video"]] if "video" in batch else [None] * len(uris)
+        data, status, error = zip(*pool.map(read, uris, segments)) if uris else ((), (), ())
     return pa.table({**{k: list(v) for k, v in batch.items()}, "data": pa.array(data, pa.binary()), "status": list(status), "error": list(error)})
 
 
 def decode_images(batch: Batch, max_pixels: int, aligned: bool, gray_test: bool = False) -> pa.Table:
     """Whole images keep their pixels; with `aligned`, each image is one face crop already. With
     `gray_test`, `is_gray` says which images are grey (their restored faces are made grey)."""
-    status, error, width, height, pixels, crops, affines, grays = [], [], [], [], [], [], [], []
+    status, error, width, height, columns = [], [], [], [], []
     for data, st, err in zip(batch["data"], batch["status"], batch["error"]):
         w = h = rgb = None
         if st == OK:
@@ -47,15 +53,71 @@ def decode_images(batch: Batch, max_pixels: int, aligned: bool, gray_test: bool 
         error.append(clean(err))
         width.append(w)
         height.append(h)
-        grays.append(None if rgb is None else gray.is_gray(rgb))
-        if aligned:
-            pixels.append(None)
-            crops.append([] if rgb is None else [align.as_aligned_face(rgb).tobytes()])
-            affines.append([] if rgb is None else [align.resize_affine(w, h).reshape(-1).tolist()])
-        else:
-            pixels.append(None if rgb is None else rgb.tobytes())
-    extra = ({"crops": crops, "affine": affines} if aligned else {}) | ({"is_gray": grays} if gray_test else {})
-    return table(batch, drop=("data",), status=status, error=error, width=width, height=height, pixels=pixels, **extra)
+        columns.append(pixel_columns(rgb, aligned, gray_test))
+    return table(batch, drop=("data",), status=status, error=error, width=width, height=height, **transposed(columns))
+
+
+def pixel_columns(rgb: np.ndarray | None, aligned: bool, gray_test: bool) -> dict:
+    """A decoded image's (or frame's) pixel columns: the whole image, or with `aligned` its one face."""
+    h, w = (None, None) if rgb is None else rgb.shape[:2]
+    if aligned:
+        columns = {"pixels": None, "crops": [] if rgb is None else [align.as_aligned_face(rgb).tobytes()],
+                   "affine": [] if rgb is None else [align.resize_affine(w, h).reshape(-1).tolist()]}
+    else:
+        columns = {"pixels": None if rgb is None else rgb.tobytes()}
+    return columns | ({"is_gray": None if rgb is None else gray.is_gray(rgb)} if gray_test else {})
+
+
+def transposed(rows: list[dict]) -> dict[str, list]:
+    return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+
+
+def decode_inputs(batch: Batch, max_pixels: int, aligned: bool, sampling: video.Sampling, frames_per_batch: int, gray_test: bool = False) -> Iterator[pa.Table]:
+    """decode_images for the images; each video segment's kept frames as rows of their own (with
+    `frame_index` and `timestamp`), `frames_per_batch` at a time, so that a segment is never whole in memory,
+    then the segment's closing row (`segment_rows`: how many rows the segment gave, this one included)."""
+    cells = [clean(c) for c in batch["video"]]
+    images = [i for i, c in enumerate(cells) if c is None]
+    if images:
+        decoded = decode_images({k: np.asarray(v)[images] for k, v in batch.items()}, max_pixels, aligned, gray_test)
+        yield decoded.append_column("frame_index", pa.nulls(decoded.num_rows, pa.int64())).append_column(
+            "timestamp", pa.nulls(decoded.num_rows, pa.float64())).append_column("segment_rows", pa.nulls(decoded.num_rows, pa.int64()))
+    for i, cell in enumerate(cells):
+        if cell is not None:
+            row = {k: None if k == "manifest_landmarks" else v[i] for k, v in batch.items()}
+            yield from segment_frames(row, json.loads(cell), max_pixels, aligned, sampling, frames_per_batch, gray_test)
+
+
+def segment_frames(row: dict, cell: dict, max_pixels: int, aligned: bool, sampling: video.Sampling, rows: int, gray_test: bool) -> Iterator[pa.Table]:
+    """The rows of one segment (decode_inputs). Only a segment that gave no frame can end
+    `unavailable`: a rerun makes all its rows again, and rows already written are never made twice."""
+    width, height = cell.get("width"), cell.get("height")
+    status, error, made, pending = SEGMENT_DONE, None, 0, []
+
+    def frame_rows(chunk: list[dict]) -> pa.Table:
+        return table({k: [v] * len(chunk) for k, v in row.items()}, drop=("data",), **transposed(chunk))
+
+    try:
+        with video.open_video(str(row["source_uri"])) as container:
+            stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if width * height > max_pixels:
+                raise OverflowError(f"{width}x{height} = {width * height} pixels a frame exceeds the limit of {max_pixels}")
+            for frame in video.decode(container, sampling, cell["start"], cell["stop"]):
+                pending.append({"status": OK, "error": None, "width": width, "height": height, **pixel_columns(frame.rgb, aligned, gray_test),
+                                "frame_index": frame.index, "timestamp": frame.timestamp, "segment_rows": None})
+                if len(pending) == rows:
+                    made += rows
+                    yield frame_rows(pending)
+                    pending = []
+    except OverflowError as exc:
+        status, error = TOO_LARGE, str(exc)
+    except Exception as exc:  # any failure of this file is its rows' status, not the job's end
+        described = video.failure(str(row["source_uri"]), exc)
+        status, error = (described["status"] if not made and not pending else DECODE_ERROR), described["error"]
+    closing = {"status": status, "error": error, "width": width, "height": height, **pixel_columns(None, aligned, gray_test),
+               "frame_index": None, "timestamp": None, "segment_rows": made + len(pending) + 1}
+    yield frame_rows([*pending, closing])
 
 
 class DetectFaces:

@@ -12,7 +12,7 @@ import schemas.faces
 import schemas.images
 import schemas.pasted
 from jobs import ledger
-from jobs.stages.batches import Batch, clean, missing
+from jobs.stages.batches import Batch, clean, file_stem, frame_of, missing
 
 
 def face_rows(batch: Batch) -> list[dict]:
@@ -22,6 +22,8 @@ def face_rows(batch: Batch) -> list[dict]:
         bbox, score = clean(batch["bbox"][i]) if "bbox" in batch else None, clean(batch["det_score"][i]) if "det_score" in batch else None
         landmarks = clean(batch["landmarks"][i]) if "landmarks" in batch else None
         measures = [json.loads(m) for m in batch["measures"][i]] if "measures" in batch else [{} for _ in batch["restored"][i]]
+        frame, timestamp = frame_of(batch, i)
+        stem = file_stem(image_id, frame)
         for k, (out, crop) in enumerate(zip(batch["restored"][i], batch["crops"][i])):
             rows.append(
                 {
@@ -32,8 +34,10 @@ def face_rows(batch: Batch) -> list[dict]:
                     "det_score": score[k] if score else None,
                     "landmarks": landmarks[k] if landmarks else None,
                     "affine": clean(batch["affine"][i][k]),
-                    "restored": {"bytes": out, "path": f"{image_id}_{k}.png"},
-                    "input_crop": {"bytes": crop, "path": f"{image_id}_{k}_input.png"},
+                    "restored": {"bytes": out, "path": f"{stem}_{k}.png"},
+                    "input_crop": {"bytes": crop, "path": f"{stem}_{k}_input.png"},
+                    "frame_index": frame,
+                    "timestamp": timestamp,
                     **{name: None if math.isnan(v) else v for name, v in measures[k].items()},
                 }
             )
@@ -59,7 +63,8 @@ def restored_tables(batch: Batch, run: dict) -> tuple[ledger.Tables, ledger.File
     if "pasted" in batch:
         pasted = [
             {"image_id": str(batch["image_id"][i]), "source_uri": str(batch["source_uri"][i]), "upscale": run["upscale"],
-             "pasted": {"bytes": png, "path": f"{batch['image_id'][i]}_pasted.png"}}
+             "pasted": {"bytes": png, "path": f"{file_stem(str(batch['image_id'][i]), frame_of(batch, i)[0])}_pasted.png"},
+             "frame_index": frame_of(batch, i)[0], "timestamp": frame_of(batch, i)[1]}
             for i, png in enumerate(batch["pasted"]) if not missing(png)
         ]
         tables["pasted"] = pa.Table.from_pylist(pasted, schema=schemas.pasted.SCHEMA)

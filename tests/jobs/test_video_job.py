@@ -1,0 +1,127 @@
+"""Videos through the jobs: listed beside images, cut into segments, a row per kept frame, resumed inside a video."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.helpers import two_face_clip
+from tests.jobs.conftest import ROOT, job_env, run_job, s3_client
+from tests.jobs.test_faults import kill_workers
+
+FPS, SECONDS = 25, 3
+FRAMES = FPS * SECONDS
+
+
+def read(uri: str, env: dict | None = None) -> pd.DataFrame:
+    if not uri.startswith("s3://"):
+        return pd.read_parquet(uri)
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    filesystem = pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key=env["AWS_ACCESS_KEY_ID"],
+                                   secret_key=env["AWS_SECRET_ACCESS_KEY"], region=env["AWS_DEFAULT_REGION"])
+    return pq.read_table(uri.removeprefix("s3://"), filesystem=filesystem).to_pandas()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return two_face_clip(tmp_path_factory.mktemp("clip") / "talk.mp4", SECONDS, FPS)
+
+
+@pytest.fixture(scope="module")
+def audited_on_s3(s3_env, clip, tmp_path_factory):
+    """The audit of every frame of the clip, streamed from moto S3 in segments of 30 frames, beside one image."""
+    client = s3_client(s3_env)
+    client.create_bucket(Bucket="clips")
+    client.put_object(Bucket="clips", Key="in/talk.mp4", Body=clip.read_bytes())
+    client.put_object(Bucket="clips", Key="in/still.png", Body=(ROOT / "tests/data/golden/codeformer/input.png").read_bytes())
+    env = job_env(tmp_path_factory.mktemp("audit_video"), s3_env)
+    args = ["--input", "s3://clips/in", "--output", "s3://clips/out", "--aligned", "--synthetic-weights", "--every-n-frames", "1",
+            "--segment-frames", "30", "--shard-size", "2", "--metrics", "sharpness"]
+    done = run_job("jobs.audit", args, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {name: read(f"s3://clips/out/{name}", s3_env) for name in ("images", "frames", "faces")} | {"log": done.stderr + done.stdout}
+
+
+def test_every_frame_has_one_row_with_its_number_and_time(audited_on_s3):
+    frames = audited_on_s3["frames"]
+    assert len(frames) == FRAMES and sorted(frames.frame_index) == list(range(FRAMES))
+    assert (frames.timestamp - frames.frame_index / FPS).abs().max() < 1e-6
+    assert set(frames.status) == {"ok"} and set(frames.num_faces) == {1} and set(frames.width) == {320}
+    assert list(frames.groupby("segment").size()) == [30, 30, 15]
+
+
+def test_a_video_has_a_row_per_segment_with_what_its_container_says(audited_on_s3):
+    images = audited_on_s3["images"]
+    video = images[images.source_uri.str.endswith(".mp4")].sort_values("segment")
+    assert list(video.segment) == [0, 1, 2] and set(video.status) == {"ok"} and video.image_id.nunique() == 1
+    assert list(video.frame_start) == [0, 30, 60] and list(video.frame_stop.fillna(-1)) == [30, 60, -1]
+    assert list(video.frames) == [30, 30, 15] and set(video.fps) == {FPS} and set(video.frame_count) == {FRAMES}
+    assert set(video.codec) == {"mpeg4"} and set(video.audio_codec) == {"aac"} and set(video.duration) == {SECONDS}
+    assert video.num_faces.isna().all()
+    still = images[images.source_uri.str.endswith(".png")]
+    assert len(still) == 1 and still.num_faces.iloc[0] == 1 and still.segment.isna().all() and still.fps.isna().all()
+
+
+def test_faces_of_frames_say_where_they_are_and_are_named_apart(audited_on_s3):
+    faces = audited_on_s3["faces"]
+    video = faces[faces.frame_index.notna()]
+    assert len(video) == FRAMES and sorted(video.frame_index) == list(range(FRAMES))
+    assert (video.timestamp - video.frame_index / FPS).abs().max() < 1e-6
+    assert faces.thumbnail.map(lambda t: t["path"]).is_unique
+    assert faces[faces.frame_index.isna()].source_uri.str.endswith(".png").all()
+
+
+def test_a_job_killed_mid_video_resumes_inside_it_with_one_row_per_frame(clip, tmp_path):
+    """Segments of 5 frames in shards of 3: the pipeline's process is killed once a shard is committed."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / clip.name).write_bytes(clip.read_bytes())
+    out, log = tmp_path / "out", tmp_path / "run.log"
+    args = ["--input", str(tmp_path / "in"), "--output", str(out), "--aligned", "--synthetic-weights", "--every-n-frames", "1",
+            "--segment-frames", "5", "--shard-size", "3", "--batch-size", "4", "--metrics", "sharpness"]
+    with open(log, "w") as sink:
+        job = subprocess.Popen([sys.executable, "-m", "jobs.audit", *args], cwd=ROOT, env=job_env(tmp_path), stdout=sink, stderr=sink)
+    try:
+        deadline = time.monotonic() + 600
+        while not list((out / "_shards").glob("*.json")):
+            assert job.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no shard was committed in time"
+            time.sleep(0.1)
+        kill_workers(job, runner_only=True)
+        code = job.wait(timeout=900)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    if code != 0:
+        rerun = run_job("jobs.audit", args, job_env(tmp_path))
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+    again = run_job("jobs.audit", args, job_env(tmp_path))
+    assert again.returncode == 0 and "15 already done, 0 to process" in again.stderr, again.stderr[-3000:]
+
+    frames, faces, images = (read(str(out / name)) for name in ("frames", "faces", "images"))
+    assert len(frames) == FRAMES and frames.frame_index.is_unique and set(frames.status) == {"ok"}
+    assert len(faces) == FRAMES and faces.frame_index.is_unique
+    assert len(images) == FRAMES // 5 and images.segment.is_unique and images.frames.sum() == FRAMES
+    markers = [json.loads(p.read_text()) for p in (out / "_shards").glob("*.json")]
+    assert len(markers) == 5 and sum(m["inputs"] for m in markers) == 15 and not (out / "_staging").exists()
+
+
+def test_the_restore_job_restores_each_frame_on_s3(s3_env, tmp_path):
+    """Every frame by default: a 4-frame clip, each frame an aligned face."""
+    client = s3_client(s3_env)
+    client.create_bucket(Bucket="reels")
+    short = two_face_clip(tmp_path / "short.mp4", 4 / FPS, FPS, audio=False)
+    client.put_object(Bucket="reels", Key="in/short.mp4", Body=short.read_bytes())
+    args = ["--input", "s3://reels/in", "--output", "s3://reels/out", "--aligned", "--synthetic-weights", "--precision", "fp32",
+            "--metrics", "none", "--no-identity", "--batch-size", "4"]
+    done = run_job("jobs.restore", args, job_env(tmp_path, s3_env))
+    assert done.returncode == 0, done.stderr[-3000:]
+    frames, faces, images = (read(f"s3://reels/out/{name}", s3_env) for name in ("frames", "faces", "images"))
+    assert list(frames.sort_values("frame_index").frame_index) == [0, 1, 2, 3] and set(frames.status) == {"ok"}
+    assert sorted(faces.frame_index) == [0, 1, 2, 3] and faces.restored.map(lambda r: r["path"]).is_unique
+    assert len(images) == 1 and images.frames.iloc[0] == 4 and images.status.iloc[0] == "ok" and images.audio_codec.isna().all()
