@@ -23,10 +23,12 @@ def measure_faces(
     device: torch.device,
     batch_size: int,
     names: Collection[str] = metrics.NO_REFERENCE,
+    embeddings: bool = False,
 ) -> list[dict[str, float]]:
     """The no-reference metrics `names` of each RGB uint8 face; with `restored`, those of the restored faces
     (`restored_*`) and, with `arcface` too, the identity similarity between each pair (`ids_cosine`,
-    `ids_degrees`). NaN where a metric is undefined (NIQE of a face without two textured blocks)."""
+    `ids_degrees`) and, with `embeddings`, the restored face's ArcFace embedding (`restored_embedding`,
+    float32 (512,)). NaN where a metric is undefined (NIQE of a face without two textured blocks)."""
     out: list[dict[str, float]] = []
     for start in range(0, len(faces), batch_size):
         x = as_tensor(faces[start : start + batch_size], device)
@@ -35,8 +37,11 @@ def measure_faces(
             y = as_tensor(restored[start : start + batch_size], device)
             values |= {f"restored_{k}": v.tolist() for k, v in metrics.no_reference(y, names).items()}
             if arcface is not None:
-                cosine, degrees = face_metrics.ids(face_metrics.identity_embeddings(arcface, x), face_metrics.identity_embeddings(arcface, y))
+                restored_embeddings = face_metrics.identity_embeddings(arcface, y)
+                cosine, degrees = face_metrics.ids(face_metrics.identity_embeddings(arcface, x), restored_embeddings)
                 values |= {"ids_cosine": cosine.tolist(), "ids_degrees": degrees.tolist()}
+                if embeddings:
+                    values["restored_embedding"] = list(restored_embeddings.float().cpu().numpy())
         out += [{k: v[j] for k, v in values.items()} for j in range(len(x))]
     return out
 

@@ -37,6 +37,7 @@ from jobs.pipeline import Context, Stage, stage
 from jobs.shared_stages import check_weights, front_stages, measure_stage, restore_stage
 from jobs.stages import models
 from jobs.stages.audit import thumbnails, write_audit
+from jobs.tracks import Crops
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
@@ -110,7 +111,8 @@ def finish(common: Common, cfg: AuditConfig, changed: bool) -> list[str]:
     return [f"kept {kept} of {summary.totals()['faces']} faces: {common.output}/{KEPT_MANIFEST}; report: {report}"]
 
 
-JOB = Job("audit", __doc__, ("images", "faces", "frames"), "faces", "measured", add_flags, configure, preflight, stages, finish)
+JOB = Job("audit", __doc__, ("images", "faces", "frames"), "faces", "measured", add_flags, configure, preflight, stages, finish,
+          track_crops=Crops("restored_thumbnail", "thumbnail"))
 
 if __name__ == "__main__":
     sys.exit(main(JOB))

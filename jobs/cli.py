@@ -115,7 +115,7 @@ def parser(prog: str, doc: str) -> argparse.ArgumentParser:
 
 def add_video_flags(p: argparse.ArgumentParser, default_fps: float | None) -> None:
     """Video inputs, sampled by default at `default_fps` frames a second (None: every frame)."""
-    default = f"{default_fps:g} a second" if default_fps else "every frame"
+    default = "every frame in the restore job, 1 a second in the audit and pairs jobs"
     v = p.add_argument_group(f"video inputs ({', '.join(s.lstrip('.') for s in VIDEO_SUFFIXES)}), listed next to images")
     kept = v.add_mutually_exclusive_group()
     kept.add_argument("--every-n-frames", type=positive_int, default=None, help=f"keep every Nth frame of a video, from its first (default: {default})")

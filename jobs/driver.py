@@ -20,7 +20,7 @@ from codeformer_core import storage
 from codeformer_core.statuses import RETRYABLE
 from codeformer_core.video import Sampling
 from codeformer_core.weights import WeightsError
-from jobs import cli, ledger, listing, memory, pipeline, resources, runner
+from jobs import cli, ledger, listing, memory, pipeline, resources, runner, tracks, video_out
 from jobs.cli import UsageError
 from jobs.lock import OutputLock, OutputLockedError
 from jobs.pipeline import Context, Stage
@@ -82,7 +82,7 @@ class Job:
     rerun into the same output must match; `stages` lists its stages in order; `tables` are its
     tables, the first one row per input, the second what it counts as `unit`; `finish` runs after
     the run (the audit's report), told whether this run committed anything, and returns extra
-    summary lines."""
+    summary lines; before it, the faces of videos are linked into tracks (jobs.tracks)."""
 
     name: str
     doc: str
@@ -94,6 +94,8 @@ class Job:
     preflight: Callable[[Common, object, bool], dict]
     stages: Callable[[Common, object, Context], list[Stage]]
     finish: Callable[[Common, object, bool], list[str]] | None = None
+    track_crops: tracks.Crops | None = None  # a job that takes videos: the faces/ crops its tracks compare
+    writes_video: Callable[[object], video_out.VideoOut | None] | None = None  # from its config: the videos it writes, if any
 
 
 def build_parser(job: Job) -> argparse.ArgumentParser:
@@ -289,7 +291,10 @@ def main(job: Job, argv: list[str] | None = None) -> int:
             ledger.sweep(common.output, job.tables, {rel for marker in final for rel in marker["files"]})
             statuses, items, _ = ledger.totals(final)
         try:
-            extra = job.finish(common, cfg, bool(pending)) if job.finish else []
+            extra = tracks.track_videos(common.output, inputs, job.track_crops, bool(pending), functools.partial(start_ray, common)) if job.track_crops and inputs.videos else []
+            out = job.writes_video(cfg) if job.writes_video and inputs.videos else None
+            extra += video_out.write_videos(common.output, inputs, out, bool(pending), functools.partial(start_ray, common)) if out else []
+            extra += job.finish(common, cfg, bool(pending)) if job.finish else []
         except UsageError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -337,6 +337,11 @@ def check_run(output: str, run: dict) -> None:
         )
 
 
+def marker(output: str, shard: int) -> dict | None:
+    uri = storage.join(output, MARKERS, f"{shard_name(shard)}.json")
+    return json.loads(storage.read_bytes(uri)) if storage.file_size(uri) is not None else None
+
+
 def markers(output: str) -> list[dict]:
     uris = storage.list_files(storage.join(output, MARKERS), suffix=".json")
     with ThreadPoolExecutor(READ_THREADS) as pool:

@@ -85,11 +85,11 @@ def shard_location(output: str, shard: int) -> tuple[str, int]:
     return storage.join(output, LISTING, f"inputs-{shard // SHARDS_PER_FILE:05d}.parquet"), shard % SHARDS_PER_FILE
 
 
-def read_shard(output: str, shard: int) -> pa.Table:
+def read_shard(output: str, shard: int, columns: list[str] | None = None) -> pa.Table:
     uri, group = shard_location(output, shard)
     filesystem, path = storage.filesystem_and_path(uri)
     with filesystem.open_input_file(path) as f:
-        return pq.ParquetFile(f).read_row_group(group)
+        return pq.ParquetFile(f).read_row_group(group, columns=columns)
 
 
 def listing(

@@ -13,7 +13,8 @@ Videos (mp4, mov, avi, mkv, webm) are listed next to images; every frame is rest
 that run side by side.
 Output is Parquet tables under --output: images/ (one row per input, with a status; one per
 segment of a video), faces/ (one row per restored face, PNG crops and lineage), frames/ (one row
-per kept frame of a video) and, with --paste, pasted/. Running the same
+per kept frame of a video), tracks/ and face_tracks/ (faces followed through each video), with
+--paste pasted/, and with --write-video videos/<image_id>.mp4. Running the same
 command again after a crash finishes the output without duplicating rows; a finished output is
 left as it is.
 """
@@ -33,6 +34,8 @@ from jobs.resources import MODEL
 from jobs.shared_stages import check_weights, front_stages, measure_stage, restore_stage
 from jobs.stages import models
 from jobs.stages.restore import write_restored
+from jobs.tracks import Crops
+from jobs.video_out import VideoOut
 
 LAYOUTS = ("separate", "fused")
 
@@ -56,6 +59,14 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         help="size factor of pasted images (official --upscale); the background is resized (Lanczos) unless --bg-upsampler says otherwise (default 1)",
     )
     d.add_argument("--parse", action="store_true", help="with --paste, blend with a ParseNet face-parsing mask instead of the soft square")
+    v = p.add_argument_group("restored videos (the official script's video output)")
+    v.add_argument(
+        "--write-video", action="store_true",
+        help="also write videos/<image_id>.mp4 for each input video: every frame pasted (as --paste, which it implies), H.264, "
+        "with the source's audio copied; needs every frame (no --every-n-frames or --fps)",
+    )
+    v.add_argument("--video-fps", type=cli.positive_float, default=None, help="frame rate of the written videos (default: the source's)")
+    v.add_argument("--video-crf", type=int, choices=range(0, 52), metavar="0..51", default=18, help="H.264 quality of the written videos: lower is better and larger (default 18)")
     u = p.add_argument_group("upsampling with Real-ESRGAN (the official --bg_upsampler, --face_upsample and --bg_tile)")
     u.add_argument(
         "--bg-upsampler", choices=("none", "realesrgan"), default="none",
@@ -90,11 +101,17 @@ class RestoreConfig:
     upsample_background: bool
     upsample_faces: bool
     upsampler: dict | None  # Upsampler.from_weights' arguments but the device, when either upsamples
+    video_out: VideoOut | None  # --write-video
 
 
 def configure(args: argparse.Namespace, common: Common) -> RestoreConfig:
+    if args.write_video and (args.every_n_frames or args.fps):
+        raise UsageError("--write-video needs every frame restored: leave out --every-n-frames and --fps (--video-fps sets the written rate)")
+    if (args.video_fps or args.video_crf != 18) and not args.write_video:
+        raise UsageError("--video-fps and --video-crf are settings of --write-video")
+    args.paste = args.paste or args.write_video
     if common.aligned and args.paste:
-        raise UsageError("--paste needs whole images; with --aligned there is nothing to paste into")
+        raise UsageError(f"{'--write-video' if args.write_video else '--paste'} needs whole images; with --aligned there is nothing to paste into")
     if args.parse and not args.paste:
         raise UsageError("--parse changes how faces are pasted back; it needs --paste")
     background, faces = args.bg_upsampler == "realesrgan", args.face_upsample
@@ -108,7 +125,7 @@ def configure(args: argparse.Namespace, common: Common) -> RestoreConfig:
     } if background or faces else None
     return RestoreConfig(
         cli.restoration(args, common.synthetic), cli.measures(args, restoring=True), cli.detection(args), args.detect_layout, args.paste,
-        args.upscale, args.parse, background, faces, upsampler,
+        args.upscale, args.parse, background, faces, upsampler, VideoOut(args.video_fps, args.video_crf) if args.write_video else None,
     )
 
 
@@ -123,7 +140,7 @@ def preflight(common: Common, cfg: RestoreConfig, detecting: bool) -> dict:
         "precision": cfg.restoration.speed.precision, "arcface_weights": cfg.measures.arcface_weights if cfg.measures.identity else None,
         "aligned": common.aligned, "max_pixels": common.max_pixels, "detect": None if common.aligned else asdict(cfg.detection.config),
         "upscale": cfg.upscale if cfg.paste else None, "parse": cfg.parse, "metrics": list(cfg.measures.metrics), "identity": cfg.measures.identity,
-        "upsampler": upsampler,
+        "upsampler": upsampler, "video_out": asdict(cfg.video_out) if cfg.video_out else None,
     }
 
 
@@ -142,7 +159,8 @@ def stages(common: Common, cfg: RestoreConfig, ctx: Context) -> list[Stage]:
     return found + [stage(models.encode_faces, columns=("crops", "restored")), stage(write_restored, output=common.output, run=ctx.record)]
 
 
-JOB = Job("restore", __doc__, ("images", "faces", "pasted", "frames"), "faces", "restored", add_flags, configure, preflight, stages)
+JOB = Job("restore", __doc__, ("images", "faces", "pasted", "frames"), "faces", "restored", add_flags, configure, preflight, stages,
+          track_crops=Crops("restored", "input_crop"), writes_video=lambda cfg: cfg.video_out)
 
 if __name__ == "__main__":
     sys.exit(main(JOB))

@@ -41,8 +41,11 @@ VIDEO_ROW = [
 ]
 
 
-# The last columns of a faces table: where in its video a face is; null for an image's face.
+# Where in its video a face (or a pasted frame) is; null for an image's.
 FRAME_FIELDS = [pa.field("frame_index", pa.int64()), pa.field("timestamp", pa.float64())]
+# The last columns of a faces table: FRAME_FIELDS and, for a video's face whose identity was
+# measured, the restored face's ArcFace embedding (L2-normalised), which its track compares frame to frame.
+FACE_FRAME_FIELDS = [*FRAME_FIELDS, pa.field("restored_embedding", pa.list_(pa.float32(), 512))]
 
 
 def versioned(name: str, version: int, fields: list[pa.Field]) -> pa.Schema:

@@ -5,7 +5,7 @@ metrics of the restored face and `ids_*` the identity similarity between the two
 
 import pyarrow as pa
 
-from schemas import FRAME_FIELDS, IMAGE_STRUCT, versioned
+from schemas import FACE_FRAME_FIELDS, IMAGE_STRUCT, versioned
 
 VERSION = 3
 
@@ -37,6 +37,6 @@ SCHEMA = versioned(
         pa.field("thumbnail", IMAGE_STRUCT, nullable=False),  # the aligned input face, 128x128 JPEG
         pa.field("restored_thumbnail", IMAGE_STRUCT),  # with --restore
         pa.field("restored", IMAGE_STRUCT),  # with --restore: the 512x512 restored face, PNG
-        *FRAME_FIELDS,
+        *FACE_FRAME_FIELDS,
     ],
 )

@@ -6,7 +6,7 @@ audit job's faces/ table (schemas/audit_faces.py) uses the same names and defini
 
 import pyarrow as pa
 
-from schemas import FRAME_FIELDS, IMAGE_STRUCT, versioned
+from schemas import FACE_FRAME_FIELDS, IMAGE_STRUCT, versioned
 from schemas.audit_faces import NO_REFERENCE, RESTORED
 
 VERSION = 4
@@ -25,6 +25,6 @@ SCHEMA = versioned(
         pa.field("restored", IMAGE_STRUCT, nullable=False),  # 512x512 PNG
         pa.field("input_crop", IMAGE_STRUCT, nullable=False),  # the aligned 512x512 input face, PNG
         *[pa.field(name, pa.float64()) for name in NO_REFERENCE + RESTORED],  # null where undefined (NIQE of a flat face)
-        *FRAME_FIELDS,
+        *FACE_FRAME_FIELDS,
     ],
 )

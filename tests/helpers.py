@@ -44,6 +44,11 @@ def varied_face(seed: int) -> np.ndarray:
     return np.clip(synthetic_face(seed, degrade=False) + field[..., None], 0, 255).astype(np.uint8)
 
 
+def clip_face_corners(i: int, frames: int) -> list[tuple[int, int]]:
+    """The top-left corners of the two 96-pixel faces in frame `i` of two_face_clip."""
+    return [(10 + k * 150 + int(40 * i / frames), 60 + int(20 * np.sin(i / 10 + k))) for k in range(2)]
+
+
 def two_face_clip(path: Path, seconds: float = 3.0, fps: int = 25, size: tuple[int, int] = (320, 240), audio: bool = True) -> Path:
     """A clip of two synthetic faces moving across a grey background, written with OpenCV's mp4v
     encoder; with `audio`, PyAV muxes a 440 Hz AAC track beside it (OpenCV writes no audio)."""
@@ -56,9 +61,7 @@ def two_face_clip(path: Path, seconds: float = 3.0, fps: int = 25, size: tuple[i
     writer = cv2.VideoWriter(str(silent), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
     for i in range(frames):
         frame = np.full((h, w, 3), 96, np.uint8)
-        for k, face in enumerate(faces):
-            x = 10 + k * 150 + int(40 * i / frames)
-            y = 60 + int(20 * np.sin(i / 10 + k))
+        for face, (x, y) in zip(faces, clip_face_corners(i, frames)):
             frame[y : y + 96, x : x + 96] = face
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()

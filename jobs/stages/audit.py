@@ -78,6 +78,7 @@ def face_rows(batch: Batch, rules: tuple[Rule, ...]) -> list[dict]:
                     "restored": {"bytes": restored[k], "path": f"{stem}_{k}.png"} if restored is not None else None,
                     "frame_index": frame,
                     "timestamp": timestamp,
+                    "restored_embedding": clean(batch["restored_embeddings"][i][k]) if "restored_embeddings" in batch and frame is not None else None,
                 }
             )
     return rows

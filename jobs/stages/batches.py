@@ -21,6 +21,7 @@ TYPES = {
     "thumbnails": pa.list_(pa.binary()),
     "restored_thumbnails": pa.list_(pa.binary()),
     "embeddings": pa.list_(pa.list_(pa.float32())),
+    "restored_embeddings": pa.list_(pa.list_(pa.float32())),
     "phashes": pa.list_(pa.uint64()),
     "sharpness": pa.list_(pa.float64()),
     "content_sha256": pa.string(),

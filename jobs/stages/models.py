@@ -16,7 +16,7 @@ from codeformer_core.parsing import FaceParser
 from codeformer_core.restore import Restorer, Speed, ieee_fp32
 from codeformer_core.upsample import Upsampler
 from codeformer_core.statuses import MEASURE_ERROR, OK, RESTORE_ERROR
-from jobs.stages.batches import Batch, face_of, image_of, short_error, statuses, table
+from jobs.stages.batches import Batch, face_of, image_of, missing, short_error, statuses, table
 
 
 class RestoreFaces:
@@ -64,21 +64,28 @@ class MeasureFaces:
         faces = [face_of(batch["crops"][i][k]) for i, k in todo]
         restored = [face_of(batch["restored"][i][k]) for i, k in todo] if has_restored else None
         measures: list[list[str]] = [[] for _ in status]
+        embeddings: list[list] = [[] for _ in status]
         crops, outs = [list(c) for c in batch["crops"]], [list(r) for r in batch["restored"]] if has_restored else None
+        # a job that takes videos keeps the restored faces' embeddings of frames: their tracks compare consecutive ones
+        frames = "frame_index" in batch and has_restored and self.arcface is not None
         try:
             with ieee_fp32(self.device):  # ArcFace and the detector in float32 as their official code runs them
-                measured = measure_faces(faces, restored, self.arcface, self.device, self.batch_size, self.metrics)
+                measured = measure_faces(faces, restored, self.arcface, self.device, self.batch_size, self.metrics, embeddings=frames)
                 if self.detector and restored is not None:
                     for values, lmd in zip(measured, landmark_distances(self.detector, faces, restored)):
                         values["lmd"] = lmd
             for (i, _), values in zip(todo, measured):
+                embedding = values.pop("restored_embedding", None)
+                if embedding is not None and not missing(batch["frame_index"][i]):
+                    embeddings[i].append(embedding.tolist())
                 measures[i].append(json.dumps(values))
         except Exception as exc:  # e.g. out of device memory: these images fail, the job goes on
             for i in {i for i, _ in todo}:
-                status[i], error[i], measures[i], crops[i] = MEASURE_ERROR, short_error(exc), [], []
+                status[i], error[i], measures[i], crops[i], embeddings[i] = MEASURE_ERROR, short_error(exc), [], [], []
                 if outs is not None:
                     outs[i] = []
         extra = {"restored": outs} if outs is not None else {}
+        extra |= {"restored_embeddings": embeddings} if frames else {}
         return table(batch, status=status, error=error, measures=measures, crops=crops, **extra)
 
 
@@ -97,9 +104,11 @@ class PasteFaces:
         self.background, self.faces = background, faces
 
     def __call__(self, batch: Batch) -> pa.Table:
+        """A video's frame is pasted even without a face, so that its restored video has every frame."""
         pasted = []
         for i, restored in enumerate(batch["restored"]):
-            if len(restored) == 0:
+            frame = "frame_index" in batch and not missing(batch["frame_index"][i]) and not missing(batch["pixels"][i])
+            if len(restored) == 0 and not frame:
                 pasted.append(None)
                 continue
             image = image_of(batch["pixels"][i], batch["width"][i], batch["height"][i])

@@ -38,6 +38,7 @@ def face_rows(batch: Batch) -> list[dict]:
                     "input_crop": {"bytes": crop, "path": f"{stem}_{k}_input.png"},
                     "frame_index": frame,
                     "timestamp": timestamp,
+                    "restored_embedding": clean(batch["restored_embeddings"][i][k]) if "restored_embeddings" in batch and frame is not None else None,
                     **{name: None if math.isnan(v) else v for name, v in measures[k].items()},
                 }
             )

@@ -35,7 +35,7 @@ TABLES = ("images", "faces", "pasted", "pairs")
 # Columns added since the record, by design; their own tests are where they were added.
 ADDED_SINCE = {
     "images": ("is_gray", *(f.name for f in schemas.VIDEO_ROW)),
-    "faces": tuple(f.name for f in schemas.FRAME_FIELDS),
+    "faces": tuple(f.name for f in schemas.FACE_FRAME_FIELDS),
     "pasted": tuple(f.name for f in schemas.FRAME_FIELDS),
 }
 

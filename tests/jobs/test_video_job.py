@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from codeformer_core import video
 from tests.helpers import two_face_clip
 from tests.jobs.conftest import ROOT, job_env, run_job, s3_client
 from tests.jobs.test_faults import kill_workers
@@ -45,7 +46,8 @@ def audited_on_s3(s3_env, clip, tmp_path_factory):
             "--segment-frames", "30", "--shard-size", "2", "--metrics", "sharpness"]
     done = run_job("jobs.audit", args, env)
     assert done.returncode == 0, done.stderr[-3000:]
-    return {name: read(f"s3://clips/out/{name}", s3_env) for name in ("images", "frames", "faces")} | {"log": done.stderr + done.stdout}
+    tables = ("images", "frames", "faces", "tracks", "face_tracks")
+    return {name: read(f"s3://clips/out/{name}", s3_env) for name in tables} | {"log": done.stdout}
 
 
 def test_every_frame_has_one_row_with_its_number_and_time(audited_on_s3):
@@ -75,6 +77,16 @@ def test_faces_of_frames_say_where_they_are_and_are_named_apart(audited_on_s3):
     assert (video.timestamp - video.frame_index / FPS).abs().max() < 1e-6
     assert faces.thumbnail.map(lambda t: t["path"]).is_unique
     assert faces[faces.frame_index.isna()].source_uri.str.endswith(".png").all()
+
+
+def test_the_faces_of_a_video_are_linked_into_tracks(audited_on_s3):
+    """--aligned: each frame is one face, the whole frame, so the video is one track through all its frames."""
+    tracks, linked, faces = audited_on_s3["tracks"], audited_on_s3["face_tracks"], audited_on_s3["faces"]
+    assert len(tracks) == 1 and tracks.faces.iloc[0] == FRAMES and (tracks.first_frame.iloc[0], tracks.last_frame.iloc[0]) == (0, FRAMES - 1)
+    assert tracks.input_change.iloc[0] > 0 and tracks.restored_change.isna().all() and tracks.identity_cosine.isna().all()
+    joined = faces.merge(linked, on=["image_id", "frame_index", "face_index"])
+    assert len(linked) == FRAMES and len(joined) == FRAMES and set(joined.track_id) == {0}
+    assert "tracks 1 in 1 videos, 75 faces" in audited_on_s3["log"]
 
 
 def test_a_job_killed_mid_video_resumes_inside_it_with_one_row_per_frame(clip, tmp_path):
@@ -107,21 +119,42 @@ def test_a_job_killed_mid_video_resumes_inside_it_with_one_row_per_frame(clip, t
     assert len(frames) == FRAMES and frames.frame_index.is_unique and set(frames.status) == {"ok"}
     assert len(faces) == FRAMES and faces.frame_index.is_unique
     assert len(images) == FRAMES // 5 and images.segment.is_unique and images.frames.sum() == FRAMES
+    assert len(read(str(out / "face_tracks"))) == FRAMES and list(read(str(out / "tracks")).faces) == [FRAMES]
     markers = [json.loads(p.read_text()) for p in (out / "_shards").glob("*.json")]
     assert len(markers) == 5 and sum(m["inputs"] for m in markers) == 15 and not (out / "_staging").exists()
 
 
-def test_the_restore_job_restores_each_frame_on_s3(s3_env, tmp_path):
-    """Every frame by default: a 4-frame clip, each frame an aligned face."""
+def test_the_restore_job_writes_the_restored_video_with_its_audio_on_s3(s3_env, tmp_path):
+    """Every frame (the default) of a 6-frame clip with audio, one face each, pasted at --upscale 2:
+    a CodeFormer forward costs seconds here, so the clip is short (the audit tests take the 3-second one)."""
     client = s3_client(s3_env)
     client.create_bucket(Bucket="reels")
-    short = two_face_clip(tmp_path / "short.mp4", 4 / FPS, FPS, audio=False)
+    short = two_face_clip(tmp_path / "short.mp4", 6 / FPS, FPS)
     client.put_object(Bucket="reels", Key="in/short.mp4", Body=short.read_bytes())
-    args = ["--input", "s3://reels/in", "--output", "s3://reels/out", "--aligned", "--synthetic-weights", "--precision", "fp32",
-            "--metrics", "none", "--no-identity", "--batch-size", "4"]
+    args = ["--input", "s3://reels/in", "--output", "s3://reels/out", "--synthetic-weights", "--precision", "fp32", "--metrics", "none",
+            "--max-faces", "1", "--batch-size", "4", "--write-video", "--upscale", "2"]
     done = run_job("jobs.restore", args, job_env(tmp_path, s3_env))
     assert done.returncode == 0, done.stderr[-3000:]
-    frames, faces, images = (read(f"s3://reels/out/{name}", s3_env) for name in ("frames", "faces", "images"))
-    assert list(frames.sort_values("frame_index").frame_index) == [0, 1, 2, 3] and set(frames.status) == {"ok"}
-    assert sorted(faces.frame_index) == [0, 1, 2, 3] and faces.restored.map(lambda r: r["path"]).is_unique
-    assert len(images) == 1 and images.frames.iloc[0] == 4 and images.status.iloc[0] == "ok" and images.audio_codec.isna().all()
+    frames, faces, pasted, images = (read(f"s3://reels/out/{name}", s3_env) for name in ("frames", "faces", "pasted", "images"))
+    assert sorted(frames.frame_index) == list(range(6)) and sorted(pasted.frame_index) == list(range(6))
+    assert len(images) == 1 and images.frames.iloc[0] == 6 and images.status.iloc[0] == "ok"
+    restored = faces[faces.frame_index.notna()]
+    assert restored.restored.map(lambda r: r["path"]).is_unique and restored.restored_embedding.map(len).eq(512).all()
+    assert "videos 1 (6 frames)" in done.stdout
+
+    written = tmp_path / "restored.mp4"
+    written.write_bytes(client.get_object(Bucket="reels", Key=f"out/videos/{images.image_id.iloc[0]}.mp4")["Body"].read())
+    with video.open_video(str(written)) as container:
+        info = video.probe(container)
+        count = sum(1 for _ in video.decode(container, video.Sampling()))
+    assert (count, info.width, info.height, info.fps, info.audio_codec) == (6, 640, 480, FPS, "aac")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--write-video", "--fps", "1"], "--write-video needs every frame"),
+    (["--write-video", "--aligned"], "--write-video needs whole images"),
+    (["--video-fps", "12"], "--video-fps and --video-crf are settings of --write-video"),
+])
+def test_write_video_refuses_what_it_cannot_do(tmp_path, flags, message):
+    result = run_job("jobs.restore", ["--input", str(tmp_path), "--output", str(tmp_path / "out"), "--synthetic-weights", *flags], job_env(tmp_path))
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
