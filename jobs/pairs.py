@@ -4,10 +4,11 @@
 
 Each face (an aligned input with --aligned; otherwise every face RetinaFace finds, or the
 manifest's `landmarks` give, aligned to the FFHQ 512 template) is the HQ image of
---pairs-per-image pairs. Each pair's parameters come from (--seed, image id, face, pair) alone:
+--pairs-per-image pairs. Videos are listed next to images, and each kept frame (1 a second unless
+--fps or --every-n-frames says otherwise) is an image of its own. Each pair's parameters come from (--seed, image id, face, pair) alone:
 the same command gives byte-identical pairs on any number of workers, at any batch size, and
 on reruns, on the same hardware and software. Output: images/ (one row per input, with a
-status) and pairs/ (hq and lq PNGs, every parameter as a column) under --output, and with
+status; one per segment of a video), frames/ (one row per kept frame of a video) and pairs/ (hq and lq PNGs, every parameter as a column) under --output, and with
 --format webdataset also shards/*.tar. A rerun after a crash finishes the output without
 duplicating rows.
 """
@@ -40,6 +41,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="global seed; with the image ids it decides every parameter (default 0)")
     p.add_argument("--pairs-per-image", type=positive_int, default=1, help="pairs made from each face, each with its own parameters (default 1)")
     p.add_argument("--format", choices=("parquet", "webdataset"), default="parquet", help="webdataset also writes shards/*.tar with {key}.hq.png, {key}.lq.png and {key}.json (default parquet)")
+    cli.add_video_flags(p, 1.0)
     cli.add_detect_flags(p)
 
 
@@ -89,7 +91,7 @@ def finish(common: Common, cfg: PairsConfig, changed: bool) -> list[str]:
     return [f"preset {cfg.preset.name}, seed {cfg.seed}"]
 
 
-JOB = Job("pairs", __doc__, ("images", "pairs", "shards"), "pairs", "made", add_flags, configure, preflight, stages, finish)
+JOB = Job("pairs", __doc__, ("images", "pairs", "shards", "frames"), "pairs", "made", add_flags, configure, preflight, stages, finish)
 
 if __name__ == "__main__":
     sys.exit(main(JOB))

@@ -2,15 +2,15 @@
 
 import pyarrow as pa
 
-from schemas import IMAGE_STRUCT, versioned
+from schemas import FRAME_FIELDS, IMAGE_STRUCT, versioned
 
-VERSION = 1
+VERSION = 2
 
 SCHEMA = versioned(
     "pairs",
     VERSION,
     [
-        pa.field("key", pa.string(), nullable=False),  # {image_id}_{face_index}_{pair_index}, also the webdataset key
+        pa.field("key", pa.string(), nullable=False),  # {image_id}_{face_index}_{pair_index} ({image_id}_f{frame:07d}_... for a video's frame), also the webdataset key
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("source_uri", pa.string(), nullable=False),
         pa.field("face_index", pa.int32(), nullable=False),
@@ -33,5 +33,6 @@ SCHEMA = versioned(
         pa.field("seed", pa.int64(), nullable=False),  # the job's --seed
         pa.field("preset", pa.string(), nullable=False),
         pa.field("code_version", pa.string(), nullable=False),
+        *FRAME_FIELDS,
     ],
 )

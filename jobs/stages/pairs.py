@@ -17,7 +17,7 @@ from codeformer_core import codec, degrade
 from codeformer_core.degrade import DegradeConfig
 from codeformer_core.statuses import DEGRADE_ERROR, OK
 from jobs import ledger
-from jobs.stages.batches import Batch, clean, face_of, short_error, statuses
+from jobs.stages.batches import Batch, clean, face_of, file_stem, frame_of, short_error, statuses
 
 LQ_TYPES = {"hq_png": pa.list_(pa.binary()), "lq_png": pa.list_(pa.binary()), "pair_rows": pa.list_(pa.string())}
 
@@ -37,10 +37,10 @@ class MakePairs:
         status, error = statuses(batch)
         todo = []  # (row, face, pair, pair seed, params)
         for i, faces in enumerate(batch["crops"]):
-            image_id = str(batch["image_id"][i])
+            stem = file_stem(str(batch["image_id"][i]), frame_of(batch, i)[0])  # a video's frames each get their own parameters
             for k in range(len(faces)):
                 for p in range(self.pairs_per_face):
-                    s = degrade.pair_seed(self.seed, image_id, k, p)
+                    s = degrade.pair_seed(self.seed, stem, k, p)
                     todo.append((i, k, p, s, degrade.sample_params(np.random.default_rng(s), self.config)))
         lq: dict[tuple[int, int, int], bytes] = {}
         for start in range(0, len(todo), self.batch_size):
@@ -70,9 +70,10 @@ def pair_rows(batch: Batch, run: dict) -> list[dict]:
     out = []
     for i, image_id in enumerate(str(x) for x in batch["image_id"]):
         hq = list(batch["hq_png"][i])
+        frame, timestamp = frame_of(batch, i)
         for lq, text in zip(batch["lq_png"][i], batch["pair_rows"][i]):
             row = json.loads(text)
-            key = f"{image_id}_{row['face_index']}_{row['pair_index']}"
+            key = f"{file_stem(image_id, frame)}_{row['face_index']}_{row['pair_index']}"
             out.append(
                 {
                     **row,
@@ -84,6 +85,8 @@ def pair_rows(batch: Batch, run: dict) -> list[dict]:
                     "seed": run["seed"],
                     "preset": run["preset"]["name"],
                     "code_version": run["code_version"],
+                    "frame_index": frame,
+                    "timestamp": timestamp,
                 }
             )
     return out
@@ -94,7 +97,7 @@ def shard(rows: list[dict]) -> bytes:
     buffer = stdio.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for row in sorted(rows, key=lambda r: r["key"]):
-            meta = {k: v for k, v in row.items() if k not in ("hq", "lq")}
+            meta = {k: v for k, v in row.items() if k not in ("hq", "lq") and not (k in ("frame_index", "timestamp") and v is None)}  # an image's as before videos
             for name, data in (("hq.png", row["hq"]["bytes"]), ("lq.png", row["lq"]["bytes"]), ("json", json.dumps(meta).encode())):
                 info = tarfile.TarInfo(f"{row['key']}.{name}")
                 info.size = len(data)

@@ -37,6 +37,7 @@ ADDED_SINCE = {
     "images": ("is_gray", *(f.name for f in schemas.VIDEO_ROW)),
     "faces": tuple(f.name for f in schemas.FACE_FRAME_FIELDS),
     "pasted": tuple(f.name for f in schemas.FRAME_FIELDS),
+    "pairs": tuple(f.name for f in schemas.FRAME_FIELDS),
 }
 
 

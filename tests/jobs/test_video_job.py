@@ -158,3 +158,16 @@ def test_the_restore_job_writes_the_restored_video_with_its_audio_on_s3(s3_env, 
 def test_write_video_refuses_what_it_cannot_do(tmp_path, flags, message):
     result = run_job("jobs.restore", ["--input", str(tmp_path), "--output", str(tmp_path / "out"), "--synthetic-weights", *flags], job_env(tmp_path))
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_the_pairs_job_makes_pairs_of_one_frame_a_second(clip, tmp_path):
+    """The default sampling of the pairs job: the first frame of each second, each with its own degradation."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / clip.name).write_bytes(clip.read_bytes())
+    out = tmp_path / "out"
+    done = run_job("jobs.pairs", ["--input", str(tmp_path / "in"), "--output", str(out), "--aligned", "--seed", "3", "--format", "webdataset"], job_env(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    frames, pairs = read(str(out / "frames")), read(str(out / "pairs")).sort_values("frame_index")
+    assert sorted(frames.frame_index) == [0, 25, 50] and list(pairs.frame_index) == [0, 25, 50]
+    assert list(pairs.key) == [f"{pairs.image_id.iloc[0]}_f{f:07d}_0_0" for f in (0, 25, 50)] and pairs.pair_seed.is_unique
+    assert list(pairs.timestamp) == [0.0, 1.0, 2.0]
