@@ -185,6 +185,19 @@ def _share(n: int, total: int) -> str:
     return f"{100 * n / total:.2f}%" if total else "-"
 
 
+def _tracks_html(tracks: Mapping) -> str:
+    """The videos' tracks: counts, and the steadiness means over tracks (codeformer_core.tracking)."""
+    def mean(name: str) -> str:
+        total, n = tracks["sums"].get(name, (0.0, 0))
+        return f"{total / n:.3f}" if n else "n/a"
+
+    rows = [("videos", f"{tracks['videos']:,}"), ("tracks", f"{tracks['tracks']:,}"), ("faces in tracks", f"{tracks['faces']:,}"),
+            ("identity cosine of consecutive restored faces", mean("identity_cosine")),
+            ("pixel change of consecutive restored crops (grey levels)", mean("restored_change")),
+            ("pixel change of consecutive input crops (grey levels)", mean("input_change"))]
+    return "<h2>Video tracks</h2>" + _table(_attrs(id="tracks"), ("", "mean over tracks, or count"), rows)
+
+
 def _totals_html(summary: AuditSummary) -> str:
     t = summary.totals()
     rows = [
@@ -300,8 +313,9 @@ figcaption{font-size:12px;color:#555}
 """
 
 
-def render(summary: AuditSummary, thresholds: Mapping[str, object], title: str) -> dict[str, bytes]:
-    """{"report.html": page, "figures/<name>.png": figure, ...}; the page inlines the figures."""
+def render(summary: AuditSummary, thresholds: Mapping[str, object], title: str, tracks: Mapping | None = None) -> dict[str, bytes]:
+    """{"report.html": page, "figures/<name>.png": figure, ...}; the page inlines the figures.
+    `tracks`: what the tracks of the output's videos add up to (jobs.tracks' record), when it has videos."""
     figures = {histogram_name(m): histogram_png(m, summary.histogram(m.name)[1]) for m in summary.metrics}
     counts, unplaced = summary.size_yaw()
     figures[SIZE_YAW_NAME] = size_yaw_png(counts)
@@ -312,6 +326,7 @@ def render(summary: AuditSummary, thresholds: Mapping[str, object], title: str) 
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
         + _totals_html(summary)
         + _thresholds_html(summary, thresholds)
+        + (_tracks_html(tracks) if tracks else "")
         + "<h2>Face size and yaw</h2>"
         + scatter
         + "<h2>Metrics</h2>"

@@ -20,6 +20,7 @@ crash finishes the output.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import asdict, dataclass
 
@@ -37,7 +38,7 @@ from jobs.pipeline import Context, Stage, stage
 from jobs.shared_stages import check_weights, front_stages, measure_stage, restore_stage
 from jobs.stages import models
 from jobs.stages.audit import thumbnails, write_audit
-from jobs.tracks import Crops
+from jobs import tracks
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
@@ -106,13 +107,15 @@ def finish(common: Common, cfg: AuditConfig, changed: bool) -> list[str]:
     summary, kept = summarize(common.output, cfg.restoration is not None, cfg.measures, cfg.gallery_size)
     release_freed_memory()
     title = f"Audit of {common.input}" + (" (SYNTHETIC WEIGHTS: the figures are not real measurements)" if common.synthetic else "")
-    for rel, data in render(summary, {r.name: r.limit for r in cfg.thresholds}, title).items():
+    record = storage.join(common.output, tracks.RECORD)
+    found = json.loads(storage.read_bytes(record)) if storage.file_size(record) is not None else None
+    for rel, data in render(summary, {r.name: r.limit for r in cfg.thresholds}, title, found).items():
         storage.write_bytes(storage.join(common.output, rel), data)
     return [f"kept {kept} of {summary.totals()['faces']} faces: {common.output}/{KEPT_MANIFEST}; report: {report}"]
 
 
 JOB = Job("audit", __doc__, ("images", "faces", "frames"), "faces", "measured", add_flags, configure, preflight, stages, finish,
-          track_crops=Crops("restored_thumbnail", "thumbnail"))
+          track_crops=tracks.Crops("restored_thumbnail", "thumbnail"))
 
 if __name__ == "__main__":
     sys.exit(main(JOB))

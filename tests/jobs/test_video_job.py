@@ -47,7 +47,8 @@ def audited_on_s3(s3_env, clip, tmp_path_factory):
     done = run_job("jobs.audit", args, env)
     assert done.returncode == 0, done.stderr[-3000:]
     tables = ("images", "frames", "faces", "tracks", "face_tracks")
-    return {name: read(f"s3://clips/out/{name}", s3_env) for name in tables} | {"log": done.stdout}
+    report = client.get_object(Bucket="clips", Key="out/report.html")["Body"].read().decode()
+    return {name: read(f"s3://clips/out/{name}", s3_env) for name in tables} | {"log": done.stdout, "report": report}
 
 
 def test_every_frame_has_one_row_with_its_number_and_time(audited_on_s3):
@@ -87,6 +88,7 @@ def test_the_faces_of_a_video_are_linked_into_tracks(audited_on_s3):
     joined = faces.merge(linked, on=["image_id", "frame_index", "face_index"])
     assert len(linked) == FRAMES and len(joined) == FRAMES and set(joined.track_id) == {0}
     assert "tracks 1 in 1 videos, 75 faces" in audited_on_s3["log"]
+    assert '<h2>Video tracks</h2><table id="tracks">' in audited_on_s3["report"]
 
 
 def test_a_job_killed_mid_video_resumes_inside_it_with_one_row_per_frame(clip, tmp_path):
