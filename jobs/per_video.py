@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from codeformer_core import storage
 from jobs import ledger, listing
 from jobs.resources import TASK_CPUS
+from jobs.runner import RunFailedError
 
 GROUP_SHARDS = 16
 IN_FLIGHT = 8
@@ -98,16 +99,22 @@ def in_frame_order(files: list[str]) -> bool:
     return True
 
 
-def run_groups(output: str, inputs: listing.Listing, task: Callable[..., dict], args: tuple, start_ray: Callable[[], None]) -> Iterator[dict]:
-    """`task(output, group, *args)` in a Ray task per group of shard_groups; what each returns, as they finish."""
+def run_groups(output: str, inputs: listing.Listing, task: Callable[..., dict], args: tuple, start_ray: Callable[[], None], what: str) -> Iterator[dict]:
+    """`task(output, group, *args)` in a Ray task per group of shard_groups (each tried 4 times);
+    what each returns, as they finish. A task that fails every try stops the pass with
+    RunFailedError, whose message names `what`."""
     import ray
 
     start_ray()
     remote = ray.remote(num_cpus=TASK_CPUS, max_retries=3, retry_exceptions=True)(task)
     running: list = []
-    for group in shard_groups(output, inputs):
-        running.append(remote.remote(output, group, *args))
-        if len(running) >= IN_FLIGHT:
-            ready, running = ray.wait(running, num_returns=1)
-            yield from ray.get(ready)
-    yield from ray.get(running)
+    try:
+        for group in shard_groups(output, inputs):
+            running.append(remote.remote(output, group, *args))
+            if len(running) >= IN_FLIGHT:
+                ready, running = ray.wait(running, num_returns=1)
+                yield from ray.get(ready)
+        yield from ray.get(running)
+    except ray.exceptions.RayError as exc:
+        cause = (str(exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc).strip().splitlines() or [""])[-1][:300]
+        raise RunFailedError(f"{what} failed ({cause}); the committed tables are whole: run the same command again to make them") from None

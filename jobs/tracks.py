@@ -128,7 +128,7 @@ def track_videos(output: str, inputs: listing.Listing, crops: Crops, changed: bo
         storage.delete_dir(storage.join(output, table))
     print("linking the faces of each video into tracks", file=sys.stderr)
     total = {"videos": 0, "tracks": 0, "faces": 0, "sums": {}}
-    for found in run_groups(output, inputs, track_group, (crops, config), start_ray):
+    for found in run_groups(output, inputs, track_group, (crops, config), start_ray, "linking the faces of videos into tracks"):
         for key in ("videos", "tracks", "faces"):
             total[key] += found[key]
         for key, (value, n) in found["sums"].items():
@@ -142,7 +142,7 @@ def track_videos(output: str, inputs: listing.Listing, crops: Crops, changed: bo
 def summary(total: dict, output: str) -> list[str]:
     means = {k: f"{value / n:.3f}" for k, (value, n) in total["sums"].items() if n}
     return [
-        f"tracks {total['tracks']} in {total['videos']} videos, {total['faces']} faces: {output}/tracks/ and {output}/face_tracks/"
+        f"tracks {total['tracks']} in {total['videos']} videos with faces, {total['faces']} faces: {output}/tracks/ and {output}/face_tracks/"
         + (f"; mean per track: identity cosine frame to frame {means.get('identity_cosine', 'n/a')}, "
            f"restored change {means.get('restored_change', 'n/a')} vs input {means.get('input_change', 'n/a')} grey levels" if means else "")
     ]

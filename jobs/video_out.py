@@ -59,7 +59,7 @@ def write_videos(output: str, inputs: listing.Listing, out: VideoOut, changed: b
         storage.delete_dir(storage.join(output, FOLDER))
         print("encoding the restored videos", file=sys.stderr)
         total = {"videos": 0, "frames": 0}
-        for found in run_groups(output, inputs, write_group, (out,), start_ray):
+        for found in run_groups(output, inputs, write_group, (out,), start_ray, "writing the restored videos"):
             total = {k: total[k] + found[k] for k in total}
         storage.write_bytes(record, json.dumps(total).encode())
     total = json.loads(storage.read_bytes(record))

@@ -87,7 +87,7 @@ def test_the_faces_of_a_video_are_linked_into_tracks(audited_on_s3):
     assert tracks.input_change.iloc[0] > 0 and tracks.restored_change.isna().all() and tracks.identity_cosine.isna().all()
     joined = faces.merge(linked, on=["image_id", "frame_index", "face_index"])
     assert len(linked) == FRAMES and len(joined) == FRAMES and set(joined.track_id) == {0}
-    assert "tracks 1 in 1 videos, 75 faces" in audited_on_s3["log"]
+    assert "tracks 1 in 1 videos with faces, 75 faces" in audited_on_s3["log"]
     assert '<h2>Video tracks</h2><table id="tracks">' in audited_on_s3["report"]
 
 
