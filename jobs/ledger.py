@@ -134,16 +134,19 @@ def frames_table(batch: Batch) -> pa.Table:
 
 
 def stage(batch: Batch, output: str, items: str, make: Callable[[Batch], tuple[Tables, Files]]) -> Batch:
-    """Write the batch's rows as one staged piece per shard it holds: `make` turns a shard's rows into
-    its tables (Parquet) and files (.tar), and frames' rows make frames/; `items` is the table whose
-    rows the job counts. One row out per piece, for the process that commits shards: its images
-    (`inputs`), and for each video segment it holds rows of, how many and, from the segment's
-    closing row, how many the segment has (`segments`)."""
+    """Write the batch's rows as staged pieces: per shard one of its images, and one of each video
+    segment it holds rows of, so that a video's rows are together and in frame order once the
+    pieces are sorted (Ray Data may bundle rows of inputs far apart into one batch). `make` turns a
+    piece's rows into its tables (Parquet) and files (.tar), and frames' rows make frames/; `items`
+    is the table whose rows the job counts. One row out per piece, for the process that commits
+    shards: its images (`inputs`), and for its segment, how many of its rows and, from the
+    segment's closing row, how many the segment has (`segments`)."""
     shards, positions = np.asarray(batch["shard"], np.int64), np.asarray(batch["position"], np.int64)
     frames = frame_numbers(batch)
-    out: dict[str, list] = {"shard": [], "first": [], "inputs": [], "segments": [], "items": [], "statuses": [], "written": []}
-    for shard in np.unique(shards):
-        rows = np.flatnonzero(shards == shard)
+    groups = np.stack([shards, np.where(frames == IMAGE, -1, positions)], axis=1)
+    out: dict[str, list] = {"shard": [], "first": [], "inputs": [], "segments": [], "items": [], "statuses": [], "written": [], "rows": []}
+    for shard, segment in np.unique(groups, axis=0):
+        rows = np.flatnonzero((groups[:, 0] == shard) & (groups[:, 1] == segment))
         rows = rows[np.argsort(positions[rows], kind="stable")]
         part = {name: np.asarray(column)[rows] for name, column in batch.items()}
         tables, files = make(part)
@@ -176,13 +179,16 @@ def stage(batch: Batch, output: str, items: str, make: Callable[[Batch], tuple[T
         out["items"].append(tables[items].num_rows)
         out["statuses"].append(json.dumps(Counter(tables[ROWS].column("status").to_pylist())))
         out["written"].append(json.dumps(written))
+        out["rows"].append(json.dumps(positions[rows][frames[rows] < 0].tolist()))
     return {k: np.array(v) for k, v in out.items()}
 
 
 def commit_shard(
-    output: str, shard: int, digest: str, pieces: list[tuple[list[int], list[str]]], inputs: int, statuses: dict[str, int], items: int, generation: int = 0
+    output: str, shard: int, digest: str, pieces: list[tuple[list[int], list[str], list[int]]], inputs: int, statuses: dict[str, int], items: int,
+    generation: int = 0,
 ) -> dict:
-    """Merge `pieces` ([first input, its frame], staged files) into the shard's files, then write its marker; what
+    """Merge `pieces` ([first input, its frame], staged files, the inputs of its images/ rows) into
+    the shard's files, then write its marker; what
     it added: {"shard", "inputs", "items"}. Generation 0 is the whole shard. Generation g > 0 holds
     the inputs that generation g - 1 left retryable, run again: the shard's images/ rows are written
     anew with theirs in place, its other files are kept and theirs added. A shard already committed
@@ -198,17 +204,23 @@ def commit_shard(
     if generation and (earlier is None or earlier.get("digest") != digest or earlier.get("generation", 0) != generation - 1):
         raise ValueError(f"shard {shard}: no marker of generation {generation - 1} to retry in {output}")
     by_file: dict[tuple[str, str], list[str]] = {}
-    for rel in (rel for _, written in sorted(pieces) for rel in written):
-        table, piece = rel.split("/")
-        by_file.setdefault((table, piece.rsplit(".", 1)[1]), []).append(storage.join(staging, rel))
+    places: list[int] = []  # of the images/ rows, in the order of the staged files
+    for _, written, rows in sorted(pieces, key=lambda piece: piece[0]):
+        for rel in written:
+            table, piece = rel.split("/")
+            by_file.setdefault((table, piece.rsplit(".", 1)[1]), []).append(storage.join(staging, rel))
+        places += rows
+    # Ray Data bundles blocks as they come, so a piece may hold rows of inputs far apart: the rows
+    # are put in the order of their inputs here, which a retry's positions rely on.
+    rows = pa.concat_tables(read_tables(by_file.pop((ROWS, "parquet")))).take(pa.array(np.argsort(places, kind="stable")))
     stem = f"{name}-r{generation}" if generation else name
     files, kept, replaced = [], [], []
     if generation:
         replaced = [rel for rel in earlier["files"] if rel.startswith(f"{ROWS}/")]
         kept = [rel for rel in earlier["files"] if rel not in replaced]
-        rows = with_retried(committed_rows(output, earlier), pa.concat_tables(read_tables(by_file.pop((ROWS, "parquet")))))
-        files += write_parquet(rows.to_batches(ROW_GROUP_ROWS), output, f"{ROWS}/{stem}")
+        rows = with_retried(committed_rows(output, earlier), rows)
         statuses = dict(Counter(rows.column("status").to_pylist()))
+    files += write_parquet(rows.to_batches(ROW_GROUP_ROWS), output, f"{ROWS}/{stem}")
     for (table, ext), uris in by_file.items():
         files += merge_tars(uris, output, f"{table}/{stem}") if ext == "tar" else write_parquet(read_tables(uris), output, f"{table}/{stem}")
     total_items = items + (earlier["items"] if generation else 0)

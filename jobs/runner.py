@@ -100,7 +100,7 @@ def quiet_ray_data() -> None:
 
 @dataclass
 class OpenShard:
-    pieces: dict[tuple[int, int], list[str]] = field(default_factory=dict)  # (first input, its frame) -> staged files
+    pieces: dict[tuple[int, int], tuple[list[str], list[int]]] = field(default_factory=dict)  # (first input, its frame) -> staged files, inputs of its images/ rows
     segments: dict[int, list] = field(default_factory=dict)  # a video segment's place -> [its rows come out, all its rows once known]
     inputs: int = 0
     items: int = 0
@@ -137,19 +137,21 @@ def run_shards(plan: Callable[[dict[int, Work]], object], shards: dict[int, Work
     last, recycled = time.monotonic(), False
     batches = iter(plan(shards).iter_batches(batch_size=None, batch_format="numpy"))
     for batch in batches:
-        for shard, first, inputs, segments, items, statuses, written in zip(*(batch[k] for k in ("shard", "first", "inputs", "segments", "items", "statuses", "written"))):
+        columns = ("shard", "first", "inputs", "segments", "items", "statuses", "written", "rows")
+        for shard, first, inputs, segments, items, statuses, written, rows in zip(*(batch[k] for k in columns)):
             shard, first = int(shard), tuple(json.loads(first))
             state = open_shards.setdefault(shard, OpenShard())
             if first in state.pieces or shard in closed:  # a piece comes out once; this guards the count if it ever came twice
                 continue
-            state.pieces[first] = json.loads(written)
+            state.pieces[first] = (json.loads(written), json.loads(rows))
             done = int(inputs) + state.count_segments(json.loads(segments))
             state.inputs += done
             state.items += int(items)
             state.statuses.update(json.loads(statuses))
             update["processed"] += done
             if state.inputs == shards[shard].inputs:
-                args = (output, shard, digests[shard], sorted(state.pieces.items()), state.inputs, dict(state.statuses), state.items, shards[shard].generation)
+                pieces = [(list(first), written, rows) for first, (written, rows) in sorted(state.pieces.items())]
+                args = (output, shard, digests[shard], pieces, state.inputs, dict(state.statuses), state.items, shards[shard].generation)
                 committing[commit.remote(*args)] = shard
                 del open_shards[shard]
                 closed.add(shard)

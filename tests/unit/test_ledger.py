@@ -10,8 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import schemas
+from codeformer_core.statuses import SEGMENT_DONE
 from jobs import ledger
 from jobs.listing import Listing
+from jobs.runner import OpenShard
 
 RUN = {"job": "restore", "fidelity": 0.5}
 TABLES = ("images", "faces", "shards")
@@ -52,8 +55,9 @@ def tables(b: dict) -> tuple[dict, dict]:
 def commit(out: str, staged: list[dict], shard: int, generation: int = 0, rows: int | None = None) -> dict:
     """Commit the staged pieces of `shard` (of `rows` inputs, default those staged) as the runner would; its marker."""
     mine = [(r, k) for r in staged for k in range(len(r["shard"])) if r["shard"][k] == shard]
-    pieces = [(json.loads(r["first"][k]), json.loads(r["written"][k])) for r, k in mine]
-    inputs = sum(int(r["inputs"][k]) for r, k in mine)
+    pieces = [(json.loads(r["first"][k]), json.loads(r["written"][k]), json.loads(r["rows"][k])) for r, k in mine]
+    counted = OpenShard()
+    inputs = sum(int(r["inputs"][k]) + counted.count_segments(json.loads(r["segments"][k])) for r, k in mine)
     items = sum(int(r["items"][k]) for r, k in mine)
     statuses: dict = {}
     for r, k in mine:
@@ -203,3 +207,61 @@ def test_rows_that_come_back_for_other_inputs_are_refused(tmp_path):
 
     with pytest.raises(ValueError, match="not those of the 1 retried inputs"):
         commit(out, [ledger.stage(batch(0, [1], ["ok"]), out, "faces", tables)], 0, generation=1, rows=2)
+
+
+def test_rows_of_pieces_that_interleave_are_committed_in_input_order(tmp_path):
+    """Ray Data bundles blocks as they come, so one piece may hold inputs 0 and 3 and another 1 and 2."""
+    out = str(tmp_path)
+    staged = [ledger.stage(batch(0, [3, 0], ["ok", "empty"]), out, "faces", tables), ledger.stage(batch(0, [2, 1], ["ok", "ok"]), out, "faces", tables)]
+    marker = commit(out, staged, 0)
+    rows = ledger.committed_rows(out, marker)
+    assert rows.column("image_id").to_pylist() == ["0-0", "0-1", "0-2", "0-3"]
+    assert rows.column("status").to_pylist() == ["empty", "ok", "ok", "ok"]
+
+
+VIDEO_IMAGES = schemas.versioned("video_images", 1, [*schemas.IMAGE_ROW, pa.field("num_faces", pa.int32()), *schemas.VIDEO_ROW])
+
+
+def video_batch(rows: list[tuple[int, int | None, int | None]]) -> dict:
+    """Rows (position, frame or None, segment rows or None) of shard 0: position 0 an image, 1 a video's segment 1."""
+    cell = json.dumps({"segment": 1, "start": 250, "stop": None, "fps": 25.0, "frames": 300, "duration": 12.0, "codec": "h264", "audio_codec": None})
+    return {
+        "shard": np.zeros(len(rows), int),
+        "position": np.array([p for p, _, _ in rows]),
+        "image_id": np.array(["img" if p == 0 else "vid" for p, _, _ in rows], dtype=object),
+        "source_uri": np.array(["a.png" if p == 0 else "v.mp4" for p, _, _ in rows], dtype=object),
+        "video": np.array([None if p == 0 else cell for p, _, _ in rows], dtype=object),
+        "frame_index": np.array([f for _, f, _ in rows], dtype=object),
+        "timestamp": np.array([None if f is None else f / 25 for _, f, _ in rows], dtype=object),
+        "segment_rows": np.array([n for _, _, n in rows], dtype=object),
+        "status": np.array(["ok" if p == 0 or f is not None else SEGMENT_DONE for p, f, _ in rows], dtype=object),
+        "error": np.array([None] * len(rows), dtype=object),
+        "width": np.array([64] * len(rows), dtype=object),
+        "height": np.array([48] * len(rows), dtype=object),
+        "affine": np.array([[[1.0] * 6] if f is not None or p == 0 else [] for p, f, _ in rows] + [None], dtype=object)[:-1],
+    }
+
+
+def video_tables(b: dict) -> tuple[dict, dict]:
+    return {"images": ledger.images_table(b, VIDEO_IMAGES, num_faces=[len(a) for a in b["affine"]]), "faces": pa.table({"x": [1] * len(b["shard"])})}, {}
+
+
+def test_a_segment_counts_once_all_its_rows_have_come_out_in_any_order(tmp_path):
+    out = str(tmp_path)
+    late = ledger.stage(video_batch([(1, 252, None), (1, None, 4)]), out, "faces", video_tables)  # the closing row says: 4 rows
+    early = ledger.stage(video_batch([(0, None, None), (1, 250, None), (1, 251, None)]), out, "faces", video_tables)
+    state = OpenShard()
+
+    def whole(staged: dict) -> int:
+        return sum(int(n) + state.count_segments(json.loads(rows)) for n, rows in zip(staged["inputs"], staged["segments"]))
+
+    assert whole(late) == 0 and whole(early) == 2 and not state.segments
+    assert len(early["first"]) == 2  # the image and the segment in pieces of their own: a video's rows never mix with others
+
+    marker = commit(out, [late, early], 0, rows=2)
+    images = ledger.committed_rows(out, marker).to_pylist()
+    assert [(r["image_id"], r["status"], r["segment"], r["frames"], r["num_faces"]) for r in images] == [("img", "ok", None, None, 1), ("vid", "ok", 1, 3, None)]
+    assert images[1]["frame_start"] == 250 and images[1]["frame_stop"] is None and images[1]["frame_count"] == 300
+    frames = pq.read_table(tmp_path / "frames").sort_by("frame_index").to_pylist()
+    assert [(f["frame_index"], f["segment"], f["num_faces"]) for f in frames] == [(250, 1, 1), (251, 1, 1), (252, 1, 1)]
+    assert marker["statuses"] == {"ok": 2} and marker["inputs"] == 2
