@@ -101,6 +101,8 @@ def listing(
     record = storage.join(output, RECORD)
     if storage.file_size(record) is not None:
         fields = json.loads(storage.read_bytes(record))
+        if "segment_frames" not in fields:
+            raise UsageError(f"{output} was listed by an earlier version of this tool (before video inputs); use a new --output, or remove this one")
         earlier = Listing(**{**fields, "digests": tuple(fields["digests"])})
         if (earlier.input, earlier.uri_column, earlier.shard_size, earlier.segment_frames) != (source, uri_column, shard_size, segment_frames):
             raise UsageError(

@@ -64,9 +64,9 @@ def restored_tables(batch: Batch, run: dict) -> tuple[ledger.Tables, ledger.File
     if "pasted" in batch:
         pasted = [
             {"image_id": str(batch["image_id"][i]), "source_uri": str(batch["source_uri"][i]), "upscale": run["upscale"],
-             "pasted": {"bytes": png, "path": f"{file_stem(str(batch['image_id'][i]), frame_of(batch, i)[0])}_pasted.png"},
-             "frame_index": frame_of(batch, i)[0], "timestamp": frame_of(batch, i)[1]}
+             "pasted": {"bytes": png, "path": f"{file_stem(str(batch['image_id'][i]), frame)}_pasted.png"}, "frame_index": frame, "timestamp": timestamp}
             for i, png in enumerate(batch["pasted"]) if not missing(png)
+            for frame, timestamp in [frame_of(batch, i)]
         ]
         tables["pasted"] = pa.Table.from_pylist(pasted, schema=schemas.pasted.SCHEMA)
     return tables, {}
