@@ -14,6 +14,15 @@ DETECT_ERROR = "detect_error"
 RESTORE_ERROR = "restore_error"
 MEASURE_ERROR = "measure_error"
 DEGRADE_ERROR = "degrade_error"
+HTTP_TIMEOUT = "http_timeout"
+OPTOUT = "optout"
+HTTP = "http_<code>"
+
+
+def http_status(code: int | str) -> str:
+    """The status of an http(s) input answered with a status that will not change: http_404, http_403."""
+    return f"http_{code}"
+
 
 MEANINGS = {
     OK: "processed",
@@ -28,10 +37,13 @@ MEANINGS = {
     RESTORE_ERROR: "the restoration network failed on this batch",
     MEASURE_ERROR: "measuring failed on this batch",
     DEGRADE_ERROR: "making the LQ images failed on this batch",
+    HTTP: "an http(s) input answered this status (404, 403, 410 ...), which a retry would not change",
+    HTTP_TIMEOUT: "an http(s) input timed out on every try; a rerun tries again",
+    OPTOUT: "the server's X-Robots-Tag opts the image out of AI uses (noai, noimageai)",
 }
 
 # A video segment's closing row inside a job, after its frames' rows: decoded to its end. Never
 # written: the segment's images/ row says ok.
 SEGMENT_DONE = "segment_done"
 
-RETRYABLE = frozenset({UNAVAILABLE})  # a rerun of the same command processes these inputs again
+RETRYABLE = frozenset({UNAVAILABLE, HTTP_TIMEOUT})  # a rerun of the same command processes these inputs again

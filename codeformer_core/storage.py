@@ -19,9 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 
@@ -102,8 +99,6 @@ def download(uri: str, dest: Path) -> None:
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # what OpenCV decodes (GIF: its first frame)
-MANIFEST_EXTENSIONS = (".parquet", ".csv")
-URI_COLUMNS = ("uri", "source_uri", "path", "url", "image")
 
 
 def join(base: str, *parts: str) -> str:
@@ -162,60 +157,24 @@ def _s3_keys(path: str) -> Iterator[str]:
         raise OSError(f"listing s3://{path}: {type(exc).__name__}: {exc}") from None
 
 
-def is_manifest(uri: str) -> bool:
-    return uri.lower().endswith(MANIFEST_EXTENSIONS)
-
-
-def iter_manifest(uri: str, column: str | None, chunk: int, keep: tuple[str, ...] = ()) -> Iterator[pa.Table]:
-    """A Parquet or CSV manifest, `chunk` rows at a time in file order: its image URIs as
-    `source_uri`, and those of the columns `keep` that it has.
-
-    The URIs come from `column`, or the first of URI_COLUMNS present. Rows without one are
-    dropped. Relative local paths are taken relative to the manifest's folder.
-    """
-    filesystem, path = filesystem_and_path(uri)
-    with filesystem.open_input_file(path) as f:
-        if path.lower().endswith(".parquet"):
-            parquet = pq.ParquetFile(f)
-            names = parquet.schema_arrow.names
-            name = _uri_column(uri, names, column)
-            batches = parquet.iter_batches(batch_size=chunk, columns=[name, *(k for k in keep if k in names and k != name)])
-        else:
-            # Types fixed up front: a streaming reader infers them from its first block only.
-            strings = pacsv.ConvertOptions(column_types={c: pa.string() for c in (*URI_COLUMNS, *keep, column) if c})
-            reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 22), convert_options=strings)
-            names = reader.schema.names
-            name = _uri_column(uri, names, column)
-            batches = reader
-        base = uri.rsplit("/", 1)[0] if is_s3(uri) else str(Path(path).parent)
-        for batch in batches:
-            table = pa.Table.from_batches([batch])
-            table = table.filter(pc.is_valid(table.column(name)))
-            given = table.column(name).cast(pa.string())
-            absolute = pc.or_(pc.starts_with(given, "s3://"), pc.starts_with(given, "/"))
-            uris = pc.if_else(absolute, given, pc.binary_join_element_wise(base.rstrip("/"), pc.utf8_trim(given, "/"), "/"))
-            others = [k for k in keep if k in table.column_names and k != name]
-            yield table.select(others).append_column("source_uri", uris)
-
-
-def _uri_column(uri: str, names: list[str], column: str | None) -> str:
-    name = column or next((c for c in URI_COLUMNS if c in names), None)
-    if name is None or name not in names:
-        wanted = repr(column) if column else f"one of {', '.join(URI_COLUMNS)}"
-        raise ValueError(f"manifest {uri} has no column {wanted}; its columns are {', '.join(names)}")
-    return name
-
-
 def read_bytes(uri: str, attempts: int = OTHER_ATTEMPTS) -> bytes:
     """A whole object or file, tried `attempts` times in all while it fails in a way that may pass,
     with exponential backoff; ReadError when it cannot be read."""
+    return read_range(uri, 0, None, attempts)
+
+
+def read_range(uri: str, offset: int, size: int | None, attempts: int = OTHER_ATTEMPTS) -> bytes:
+    """`size` bytes (None: to the end) from `offset` of an object or file, as read_bytes reads."""
+    if size == 0:
+        return b""
     if is_s3(uri):
-        return _read_s3(uri, attempts)
+        return _read_s3(uri, attempts, None if size is None and not offset else f"bytes={offset}-{'' if size is None else offset + size - 1}")
     path = str(Path(uri).expanduser())
     for attempt in range(1, attempts + 1):
         try:
             with open(path, "rb") as f:
-                return f.read()
+                f.seek(offset)
+                return f.read(-1 if size is None else size)
         except OSError as exc:
             transient = exc.errno in TRANSIENT_ERRNOS
             if not transient or attempt == attempts:
@@ -261,14 +220,14 @@ def _s3_client(settings: tuple[str | None, ...], attempts: int, quick: bool):
     return boto3.session.Session().client("s3", endpoint_url=endpoint_s3 or endpoint, region_name=region or default_region, config=config)
 
 
-def _read_s3(uri: str, attempts: int) -> bytes:
+def _read_s3(uri: str, attempts: int, byte_range: str | None) -> bytes:
     """botocore retries the request; a body cut off while it streams is fetched again here."""
     from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     for attempt in range(1, attempts + 1):
         try:
-            response = s3_client(attempts).get_object(Bucket=bucket, Key=key)
+            response = s3_client(attempts).get_object(Bucket=bucket, Key=key, **({"Range": byte_range} if byte_range else {}))
         except ClientError as exc:
             raise ReadError(s3_error(exc, uri), s3_transient(exc)) from None
         except ParamValidationError as exc:  # a bad bucket name or key: retrying cannot help

@@ -66,10 +66,18 @@ def metric_names(text: str) -> tuple[str, ...]:
     return names
 
 
+def column_names(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of column names; got {text!r}")
+    return names
+
+
 def parser(prog: str, doc: str) -> argparse.ArgumentParser:
     """A job's parser with the flags of every job: inputs, output, weights and the cluster."""
     p = argparse.ArgumentParser(prog=f"python -m jobs.{prog}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True, help="folder, s3://bucket/prefix, or a .parquet/.csv manifest of image URIs (with optional landmarks)")
+    p.add_argument("--input", required=True, help="folder or s3://bucket/prefix of images (and of Parquet files of images and WebDataset .tar files); a Parquet "
+        "file of images; a WebDataset .tar; or a .parquet/.csv manifest of image URIs (local, s3://, http(s)://), with optional landmarks")
     p.add_argument("--output", required=True, help="folder or s3://bucket/prefix for the output tables (the description above lists them)")
     p.add_argument("--aligned", action="store_true", help="inputs are aligned faces (resized to 512x512 when needed), like the official --has_aligned; no detection")
     p.add_argument("--limit", type=positive_int, default=None, help="process only the first N inputs in listing order: a folder's or prefix's by full path, a manifest's by row")
@@ -80,8 +88,26 @@ def parser(prog: str, doc: str) -> argparse.ArgumentParser:
         help="tries of each input read that fails in a way that may pass (S3 throttling and 5xx, resets, timeouts), with "
         f"exponential backoff; an input that fails them all gets status unavailable, and a rerun tries it again (default {READ_ATTEMPTS})",
     )
+    h = p.add_argument_group("http(s) inputs (URLs in a manifest)")
+    h.add_argument("--http-timeout", type=positive_float, default=20.0, help="seconds to connect, and between two reads of a response; an input that times out on every try gets status http_timeout, and a rerun tries it again (default 20)")
+    h.add_argument("--http-per-host", type=positive_int, default=4, help="requests to one host in flight at once, from each read task (default 4)")
+    h.add_argument("--ignore-optout", action="store_true", help="read images whose server says X-Robots-Tag noai or noimageai (by default they get status optout, as img2dataset does)")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help=f"reject images with more pixels than this before decoding them (default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--uri-column", default=None, help="manifest column holding image URIs (default: the first of uri, source_uri, path, url, image)")
+    p.add_argument(
+        "--image-column",
+        default=None,
+        help="column of a Parquet input that holds the images, as bytes or {bytes, path} structs (default: the first such column; "
+        "a Parquet file without one is a manifest of URIs)",
+    )
+    p.add_argument(
+        "--keep-columns",
+        type=column_names,
+        default=(),
+        help="comma-separated columns of a Parquet or CSV input (or keys of a WebDataset sample's .json) carried through to "
+        "the images/ table's `kept` column, as a JSON object: a caption, a licence, the original URL (default: none; a tar "
+        "sample's whole .json)",
+    )
     p.add_argument("--weights-dir", default=None, help="folder holding checkpoints under their official names (default: $CODEFORMER_WEIGHTS_DIR)")
     p.add_argument("--synthetic-weights", action="store_true", help="random weights for every network instead of checkpoints (offline demos and tests; outputs are marked synthetic)")
     p.add_argument(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import codeformer_core
 from codeformer_core import storage
+from codeformer_core.http import HttpConfig
 from codeformer_core.statuses import RETRYABLE
 from codeformer_core.video import Sampling
 from codeformer_core.weights import WeightsError
@@ -49,6 +50,9 @@ class Common:
     max_pixels: int
     read_attempts: int
     uri_column: str | None
+    image_column: str | None
+    keep_columns: tuple[str, ...]
+    http: HttpConfig
     weights_dir: str | None
     synthetic: bool
     batch_size: int | None
@@ -68,7 +72,8 @@ class Common:
             raise UsageError(f"--synthetic-weights and --{named[0].replace('_', '-')} exclude each other")
         return cls(
             input=args.input, output=args.output.rstrip("/"), aligned=args.aligned, limit=args.limit, max_pixels=args.max_pixels, read_attempts=args.read_attempts,
-            uri_column=args.uri_column, weights_dir=args.weights_dir, synthetic=args.synthetic_weights, batch_size=args.batch_size,
+            uri_column=args.uri_column, image_column=args.image_column, keep_columns=args.keep_columns,
+            http=HttpConfig(args.read_attempts, args.http_timeout, args.http_per_host, not args.ignore_optout), weights_dir=args.weights_dir, synthetic=args.synthetic_weights, batch_size=args.batch_size,
             workers=args.workers, threads=args.threads_per_worker, device=args.device, ray_address=args.ray_address,
             shard_size=args.shard_size, shared_output=args.shared_output, sampling=cli.sampling(args),
             segment_frames=getattr(args, "segment_frames", None),
@@ -182,7 +187,8 @@ def drop_harmless_ray_lines() -> None:
 def prepare(job: Job, common: Common, cfg: object, lock: OutputLock) -> tuple[listing.Listing, dict, ledger.Resume]:
     """Everything that can stop the job before any work: the listing, the weights, the output's state."""
     inputs = listing.listing(
-        common.output, common.input, common.uri_column, common.limit, common.shard_size, common.segment_frames, functools.partial(probe_videos, common)
+        common.output, listing.Source(common.input, common.uri_column, common.image_column, common.keep_columns), common.limit, common.shard_size,
+        common.segment_frames, functools.partial(probe_videos, common)
     )
     video = {"video": {"every_n": common.sampling.every_n, "fps": common.sampling.fps}} if common.sampling else {}
     run = record(job, {**job.preflight(common, cfg, inputs.needs_detector(common.aligned)), **video})

@@ -104,6 +104,7 @@ def images_table(batch: Batch, schema: pa.Schema, **columns: list) -> pa.Table:
         "error": [clean(batch["error"][i]) for i in rows],
         "width": [clean(batch["width"][i]) for i in rows],
         "height": [clean(batch["height"][i]) for i in rows],
+        "kept": [clean(batch["kept"][i]) for i in rows] if "kept" in batch else [None] * len(rows),
     }
     own = {k: [None if closing and k.startswith("num_") else v[i] for i, closing in zip(rows, segment)] for k, v in columns.items()}
     if "segment" in schema.names:

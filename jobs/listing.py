@@ -1,7 +1,9 @@
 """The inputs of a run, listed once into the output and cut into shards.
 
-Listing streams: a folder or s3:// prefix is walked page by page in the order of its full paths
-(S3's key order), a manifest is read a chunk of rows at a time in its own row order. The unique
+Listing streams (codeformer_core.inputs says what an input can be): a folder or s3:// prefix is
+walked page by page in the order of its full paths (S3's key order), Parquet files of images and
+WebDataset tars in it expanded in place; a manifest, a Parquet file or a tar is read a chunk of rows
+at a time in its own order. The unique
 inputs go, in that order, into `<output>/_listing/inputs-NNNNN.parquet`, one row group per shard
 of `shard_size` inputs. Shard k is therefore the same inputs on every rerun, and a rerun reads
 this listing back instead of listing the source again. The driver holds one chunk at a time,
@@ -16,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -25,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from codeformer_core import inputs as kinds
 from codeformer_core import storage, video
 from jobs.cli import UsageError
 
@@ -67,6 +71,8 @@ class Listing:
     digests: tuple[str, ...]  # of each shard's image ids, which its commit marker must match
     segment_frames: int | None = None  # videos are listed, in segments of this many frames
     videos: int = 0
+    image_column: str | None = None  # --image-column
+    keep_columns: tuple[str, ...] = ()  # --keep-columns
 
     @property
     def shards(self) -> int:
@@ -92,8 +98,18 @@ def read_shard(output: str, shard: int, columns: list[str] | None = None) -> pa.
         return pq.ParquetFile(f).read_row_group(group, columns=columns)
 
 
+@dataclass(frozen=True)
+class Source:
+    """What to list: --input and the flags that say how to read it."""
+
+    input: str
+    uri_column: str | None = None
+    image_column: str | None = None
+    keep_columns: tuple[str, ...] = ()
+
+
 def listing(
-    output: str, source: str, uri_column: str | None, limit: int | None, shard_size: int, segment_frames: int | None = None, probe: Probe | None = None
+    output: str, source: Source, limit: int | None, shard_size: int, segment_frames: int | None = None, probe: Probe | None = None
 ) -> Listing:
     """The listing `output` holds when it was made from the same source with the same settings;
     otherwise the source is listed anew (refused when the output was made from another source).
@@ -101,13 +117,15 @@ def listing(
     record = storage.join(output, RECORD)
     if storage.file_size(record) is not None:
         fields = json.loads(storage.read_bytes(record))
-        if "segment_frames" not in fields:
-            raise UsageError(f"{output} was listed by an earlier version of this tool (before video inputs); use a new --output, or remove this one")
-        earlier = Listing(**{**fields, "digests": tuple(fields["digests"])})
-        if (earlier.input, earlier.uri_column, earlier.shard_size, earlier.segment_frames) != (source, uri_column, shard_size, segment_frames):
+        if "keep_columns" not in fields:
+            raise UsageError(f"{output} was listed by an earlier version of this tool (before Parquet and tar inputs); use a new --output, or remove this one")
+        earlier = Listing(**{**fields, "digests": tuple(fields["digests"]), "keep_columns": tuple(fields["keep_columns"])})
+        settings = (source.input, source.uri_column, source.image_column, source.keep_columns, shard_size, segment_frames)
+        if (earlier.input, earlier.uri_column, earlier.image_column, earlier.keep_columns, earlier.shard_size, earlier.segment_frames) != settings:
             raise UsageError(
-                f"{output} holds the output of --input {earlier.input} (--uri-column {earlier.uri_column}, --shard-size "
-                f"{earlier.shard_size}, --segment-frames {earlier.segment_frames}); use another --output, or the same input and settings to resume"
+                f"{output} holds the output of --input {earlier.input} (--uri-column {earlier.uri_column}, --image-column {earlier.image_column}, "
+                f"--keep-columns {','.join(earlier.keep_columns) or None}, --shard-size {earlier.shard_size}, --segment-frames "
+                f"{earlier.segment_frames}); use another --output, or the same input and settings to resume"
             )
         if earlier.limit == limit:
             return earlier
@@ -117,23 +135,21 @@ def listing(
                 "raise --limit or drop it, not lower it: use another --output"
             )
     storage.delete_dir(storage.join(output, LISTING))
-    made = make(output, source, uri_column, limit, shard_size, segment_frames, probe)
+    made = make(output, source, limit, shard_size, segment_frames, probe)
     storage.write_bytes(record, json.dumps(asdict(made), indent=1).encode())
     return made
 
 
-def make(
-    output: str, source: str, uri_column: str | None, limit: int | None, shard_size: int, segment_frames: int | None = None, probe: Probe | None = None
-) -> Listing:
+def make(output: str, source: Source, limit: int | None, shard_size: int, segment_frames: int | None = None, probe: Probe | None = None) -> Listing:
     """List `source` into `output`'s listing files, streaming, each input once, at most `limit`;
     with `segment_frames`, videos too, a row per segment."""
-    manifest = storage.is_manifest(source)
-    seen = SeenIds() if manifest else None
     suffixes = storage.IMAGE_EXTENSIONS + (video.VIDEO_SUFFIXES if segment_frames else ())
     files, rows, missing, landmarks, videos, shards = 0, 0, 0, False, 0, ShardWriter(output, shard_size)
     last = time.monotonic()
     try:
-        for chunk in chunks(source, uri_column, suffixes):
+        seen = SeenIds() if kinds.is_manifest(source.input, source.image_column) else None
+        rows_of = kinds.iter_rows(source.input, LISTING_CHUNK, suffixes, source.uri_column, source.image_column, source.keep_columns, (LANDMARKS_COLUMN,))
+        for chunk in rows_of:
             ids = in_chunks(chunk.column("source_uri"), image_id, pa.string())
             chunk = chunk.append_column("image_id", ids)
             if seen is not None:
@@ -152,18 +168,20 @@ def make(
             shards.add(chunk)
             rows += chunk.num_rows
             if time.monotonic() - last > PROGRESS_SECONDS:
-                print(f"listing {source}: {files} inputs so far", file=sys.stderr)
+                print(f"listing {source.input}: {files} inputs so far", file=sys.stderr)
                 last = time.monotonic()
             if limit is not None and files >= limit:
                 break
     except FileNotFoundError:
-        raise UsageError(f"input {source} does not exist") from None
-    except (OSError, ValueError, pa.ArrowInvalid) as exc:
-        raise UsageError(f"cannot read input {source}: {exc}") from None
+        raise UsageError(f"input {source.input} does not exist") from None
+    except (OSError, ValueError, pa.ArrowInvalid, tarfile.TarError) as exc:
+        raise UsageError(f"cannot read input {source.input}: {exc}") from None
     shards.close()
     if not rows:
-        raise UsageError(f"no {'images or videos' if segment_frames else 'images'} ({', '.join(e.lstrip('.') for e in suffixes)}) found under {source}")
-    return Listing(source, uri_column, limit, shard_size, rows, landmarks, missing, tuple(shards.digests), segment_frames, videos)
+        found = ", ".join(e.lstrip(".") for e in suffixes + kinds.CONTAINER_SUFFIXES)
+        raise UsageError(f"no {'images or videos' if segment_frames else 'images'} ({found}) found under {source.input}")
+    return Listing(source.input, source.uri_column, limit, shard_size, rows, landmarks, missing, tuple(shards.digests), segment_frames, videos,
+                   source.image_column, source.keep_columns)
 
 
 def with_segments(chunk: pa.Table, segment_frames: int, probe: Probe) -> tuple[pa.Table, int]:
@@ -202,14 +220,6 @@ def landmarks_of(column: pa.ChunkedArray) -> pa.ChunkedArray:
         return in_chunks(column, parse_landmarks, pa.list_(pa.list_(pa.float64())))
     except (ValueError, TypeError) as exc:
         raise UsageError(f"manifest column {LANDMARKS_COLUMN!r} must hold lists of 10 numbers per face: {exc}") from None
-
-
-def chunks(source: str, uri_column: str | None, suffixes: tuple[str, ...]) -> Iterator[pa.Table]:
-    if storage.is_manifest(source):
-        yield from storage.iter_manifest(source, uri_column, LISTING_CHUNK, keep=(LANDMARKS_COLUMN,))
-    else:
-        for uris in storage.iter_images(source, LISTING_CHUNK, suffixes):
-            yield pa.table({"source_uri": pa.array(uris, pa.string())})
 
 
 class ShardWriter:

@@ -24,6 +24,7 @@ import pyarrow as pa
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
+from codeformer_core import inputs as kinds
 from jobs import ledger, listing
 from jobs.memory import memory_mib, release_freed_memory, reset_peak_memory
 from jobs.resources import TASK_CPUS
@@ -78,7 +79,7 @@ class ShardSource(Datasource):
 def read_shard(output: str, shard: int, retry: bool) -> list[pa.Table]:
     table = listing.read_shard(output, shard)
     places = ledger.retry_positions(output, shard) if retry else np.arange(table.num_rows)
-    table = table.take(pa.array(places))
+    table = kinds.read_parquet_images(table.take(pa.array(places)))
     return [table.append_column("shard", pa.array(np.full(len(places), shard), pa.int64())).append_column("position", pa.array(places, pa.int64()))]
 
 

@@ -13,7 +13,7 @@ def front_stages(common, detection: Detection, ctx: Context, restoring: bool = F
     """Read, decode (with a job's video flags, videos too: a row per kept frame) and, for whole
     images, detect (where no manifest landmarks are given) and align; `restoring` tests each image
     for grey, as restoration needs."""
-    found = [stage(front.read_images, attempts=common.read_attempts)]
+    found = [stage(front.read_images, attempts=common.read_attempts, http=common.http)]
     if common.sampling:
         found.append(stage(front.decode_inputs, max_pixels=common.max_pixels, aligned=common.aligned, sampling=common.sampling, frames_per_batch=ctx.block, gray_test=restoring))
     else:

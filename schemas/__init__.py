@@ -22,6 +22,8 @@ IMAGE_ROW = [
     pa.field("error", pa.string()),  # null when ok
     pa.field("width", pa.int32()),  # after EXIF orientation; null when unknown
     pa.field("height", pa.int32()),
+    # The input's columns carried through (--keep-columns; a WebDataset sample's .json) as a JSON object; null when none.
+    pa.field("kept", pa.string()),
 ]
 
 

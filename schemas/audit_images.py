@@ -4,7 +4,7 @@ import pyarrow as pa
 
 from schemas import IMAGE_ROW, VIDEO_ROW, versioned
 
-VERSION = 2
+VERSION = 3
 
 SCHEMA = versioned(
     "audit_images",

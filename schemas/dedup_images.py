@@ -4,7 +4,7 @@ import pyarrow as pa
 
 from schemas import IMAGE_ROW, versioned
 
-VERSION = 1
+VERSION = 2
 
 SCHEMA = versioned(
     "dedup_images",

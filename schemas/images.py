@@ -4,7 +4,7 @@ import pyarrow as pa
 
 from schemas import IMAGE_ROW, VIDEO_ROW, versioned
 
-VERSION = 3
+VERSION = 4
 
 SCHEMA = versioned(
     "images",

@@ -9,6 +9,16 @@ from codeformer_core.align import FACE_SIZE
 
 Batch = dict[str, np.ndarray]
 TYPES = {
+    "source_uri": pa.string(),
+    "image_id": pa.string(),
+    "container": pa.string(),
+    "member": pa.int64(),
+    "member_size": pa.int64(),
+    "member_column": pa.string(),
+    "kept": pa.string(),
+    "data": pa.binary(),
+    "status": pa.string(),
+    "error": pa.string(),
     "pixels": pa.large_binary(),
     "crops": pa.list_(pa.binary()),
     "restored": pa.list_(pa.binary()),

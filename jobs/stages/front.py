@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from codeformer_core import align, codec, gray, storage, video
+from codeformer_core import align, codec, gray, inputs, storage, video
+from codeformer_core.http import HttpConfig, fetch_all
 from codeformer_core.detect import DetectConfig, Detector
 from codeformer_core.statuses import BAD_LANDMARKS, DECODE_ERROR, DETECT_ERROR, NO_FACE, OK, READ_ERROR, SEGMENT_DONE, TOO_LARGE, UNAVAILABLE
 from jobs.stages.batches import Batch, clean, image_of, short_error, statuses, table
@@ -19,25 +20,41 @@ from jobs.stages.batches import Batch, clean, image_of, short_error, statuses, t
 READ_THREADS = 16  # reads of one batch in flight at once: object stores answer each in tens of ms or more
 
 
-def read_images(batch: Batch, attempts: int) -> pa.Table:
-    """Each image's bytes; a failure that may pass is tried `attempts` times before it is `unavailable`.
-    A video segment's row is left to decode_inputs, which streams the file."""
+def read_images(batch: Batch, attempts: int, http: HttpConfig) -> pa.Table:
+    """Each input's bytes: a file or object, a tar member by its range, an http(s) URL; a failure
+    that may pass is tried `attempts` times before it is `unavailable`. Rows read already (images
+    inside Parquet files, read with their shard) keep what they have; a video segment's row is left
+    to decode_inputs, which streams the file."""
 
-    def read(uri: str, segment: object) -> tuple[bytes, str, str | None]:
-        if segment is not None:
-            return b"", OK, None
+    def read(i: int) -> tuple[bytes, str, str | None]:
+        uri, container = str(batch["source_uri"][i]), clean(batch["container"][i])
         try:
+            if container is not None:
+                return inputs.read_member(container, int(batch["member"][i]), int(batch["member_size"][i]), attempts), OK, None
             return storage.read_bytes(uri, attempts), OK, None
         except storage.ReadError as exc:
             return b"", UNAVAILABLE if exc.transient else READ_ERROR, str(exc)
         except Exception as exc:  # anything else a client may raise is this input's row, not the job's end
             return b"", READ_ERROR, short_error(exc)
 
-    uris = [str(u) for u in batch["source_uri"]]
-    with ThreadPoolExecutor(min(READ_THREADS, max(len(uris), 1))) as pool:
-        segments = [clean(v) for v in batch["video"]] if "video" in batch else [None] * len(uris)
-        data, status, error = zip(*pool.map(read, uris, segments)) if uris else ((), (), ())
-    return pa.table({**{k: list(v) for k, v in batch.items()}, "data": pa.array(data, pa.binary()), "status": list(status), "error": list(error)})
+    n = len(batch["source_uri"])
+    given = [clean(s) for s in batch["status"]]
+    data = [b"" if v is None else v for v in (clean(d) for d in batch["data"])]
+    status = [s if s is not None else OK for s in given]
+    error = [clean(e) for e in batch["error"]]
+    segments = [clean(v) for v in batch["video"]] if "video" in batch else [None] * n
+    todo = [i for i in range(n) if given[i] is None and segments[i] is None]
+    web = [i for i in todo if inputs.is_http(str(batch["source_uri"][i]))]
+    files = [i for i in todo if not inputs.is_http(str(batch["source_uri"][i]))]
+    with ThreadPoolExecutor(min(READ_THREADS, max(len(files), 1))) as pool:
+        for i, (d, st, err) in zip(files, pool.map(read, files)):
+            data[i], status[i], error[i] = d, st, err
+    for i, got in zip(web, fetch_all([str(batch["source_uri"][i]) for i in web], http)):
+        data[i], status[i], error[i] = got.data, got.status, got.error
+    return table(batch, drop=LOCATION, data=data, status=status, error=error)
+
+
+LOCATION = ("container", "member", "member_size", "member_column")  # where a row's bytes are: not needed once read
 
 
 def decode_images(batch: Batch, max_pixels: int, aligned: bool, gray_test: bool = False) -> pa.Table:

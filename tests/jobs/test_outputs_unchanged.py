@@ -34,7 +34,7 @@ RECORD = Path(__file__).resolve().parents[1] / "data" / "outputs_before_shards.j
 TABLES = ("images", "faces", "pasted", "pairs")
 # Columns added since the record, by design; their own tests are where they were added.
 ADDED_SINCE = {
-    "images": ("is_gray", *(f.name for f in schemas.VIDEO_ROW)),
+    "images": ("is_gray", "kept", *(f.name for f in schemas.VIDEO_ROW)),
     "faces": tuple(f.name for f in schemas.FACE_FRAME_FIELDS),
     "pasted": tuple(f.name for f in schemas.FRAME_FIELDS),
     "pairs": tuple(f.name for f in schemas.FRAME_FIELDS),

@@ -1,14 +1,17 @@
 """The stages as plain functions and classes on batches, without Ray."""
 
 import numpy as np
+import pyarrow as pa
 
-from codeformer_core import codec
+from codeformer_core import codec, inputs
 from codeformer_core.align import FFHQ_TEMPLATE_512
+from codeformer_core.http import HttpConfig
 from codeformer_core.restore import Speed
 from codeformer_core.samples import synthetic_face
 from jobs.pipeline import Actor, fused, stage
 from jobs.resources import MODEL
 from jobs.stages import front, models
+from jobs.stages.batches import as_batch
 
 
 def test_decode_stage_keeps_every_row_and_explains_failures():
@@ -32,9 +35,10 @@ def test_decode_stage_keeps_every_row_and_explains_failures():
 
 def test_read_stage_turns_missing_files_into_rows(tmp_path):
     (tmp_path / "a.png").write_bytes(b"abc")
-    batch = {"source_uri": np.array([str(tmp_path / "a.png"), str(tmp_path / "gone.png")]), "image_id": np.array(["1", "2"])}
+    listed = inputs.read_parquet_images(inputs.plain_rows([str(tmp_path / "a.png"), str(tmp_path / "gone.png")]))
+    batch = as_batch(listed.append_column("image_id", pa.array(["1", "2"])))
 
-    out = front.read_images(batch, attempts=2).to_pydict()
+    out = front.read_images(batch, attempts=2, http=HttpConfig()).to_pydict()
 
     assert out["status"] == ["ok", "read_error"] and out["data"][0] == b"abc" and out["error"][1].startswith("No such file or directory: ")
 
