@@ -88,35 +88,48 @@ def iter_rows(source: str, chunk: int, suffixes: tuple[str, ...], uri_column: st
               keep: tuple[str, ...], extra: tuple[str, ...] = ()) -> Iterator[pa.Table]:
     """The inputs of `source` in order, as tables of ROW's columns (a manifest's `extra` columns too,
     when it has them), about `chunk` rows each, never the whole listing at once. A folder or prefix
-    is walked for files with `suffixes` and for Parquet and tar files, each expanded in place."""
+    is walked for files with `suffixes` and for Parquet and tar files; those, and the Parquet and tar
+    files a manifest names, are expanded in place (in a folder, Parquet files without an image
+    column are skipped; a manifest naming one is refused)."""
     lower = source.lower()
-    if lower.endswith(CSV):
-        yield from manifest_rows(source, uri_column, chunk, keep, extra)
+    if is_manifest(source, given_column):
+        for rows in manifest_rows(source, uri_column, chunk, keep, extra):
+            yield from expanded(rows, chunk, given_column, keep, strict=True)
     elif lower.endswith(PARQUET):
         with _parquet(source) as parquet:
             name = image_column(parquet.schema_arrow, given_column)
-        yield from parquet_rows(source, name, chunk, keep) if name else manifest_rows(source, uri_column, chunk, keep, extra)
+        yield from parquet_rows(source, name, chunk, keep)
     elif lower.endswith(TAR):
         yield from tar_rows(source, chunk, keep)
     else:
         for uris in storage.iter_images(source, chunk, suffixes + CONTAINER_SUFFIXES):
-            plain: list[str] = []
-            for uri in uris:
-                if not uri.lower().endswith(CONTAINER_SUFFIXES):
-                    plain.append(uri)
-                    continue
-                if plain:
-                    yield plain_rows(plain)
-                    plain = []
-                if uri.lower().endswith(TAR):
-                    yield from tar_rows(uri, chunk, keep)
-                    continue
-                with _parquet(uri) as parquet:
-                    name = image_column(parquet.schema_arrow, given_column)
-                if name:
-                    yield from parquet_rows(uri, name, chunk, keep)
-            if plain:
-                yield plain_rows(plain)
+            yield from expanded(plain_rows(uris), chunk, given_column, keep, strict=False)
+
+
+def expanded(rows: pa.Table, chunk: int, given_column: str | None, keep: tuple[str, ...], strict: bool) -> Iterator[pa.Table]:
+    """`rows` with each row that names a Parquet file of images or a tar replaced by its inputs (their
+    columns beyond ROW's null); with `strict`, a Parquet file without an image column is an error,
+    else it is skipped."""
+    uris = rows.column("source_uri").to_pylist()
+    start = 0
+    for i, uri in enumerate(uris):
+        if not uri.lower().endswith(CONTAINER_SUFFIXES):
+            continue
+        if i > start:
+            yield rows.slice(start, i - start)
+        start = i + 1
+        if uri.lower().endswith(TAR):
+            inside = tar_rows(uri, chunk, keep)
+        else:
+            with _parquet(uri) as parquet:
+                name = image_column(parquet.schema_arrow, given_column)
+            if name is None and strict:
+                raise ValueError(f"{uri} has no column of images (bytes or {{bytes, path}} structs)")
+            inside = parquet_rows(uri, name, chunk, keep) if name else iter(())
+        for table in inside:
+            yield pa.table({n: table.column(n) if n in ROW.names else pa.nulls(table.num_rows, rows.schema.field(n).type) for n in rows.column_names}).cast(rows.schema)
+    if start < len(uris):
+        yield rows.slice(start)
 
 
 def plain_rows(uris: list[str]) -> pa.Table:

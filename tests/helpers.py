@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import cv2
@@ -84,3 +85,80 @@ def two_face_clip(path: Path, seconds: float = 3.0, fps: int = 25, size: tuple[i
         out.mux(sound.encode(None))
     silent.unlink()
     return path
+
+
+def encoded(seed: int, ext: str = ".png", size: int = 512) -> bytes:
+    """A synthetic aligned face (varied_face), `size` pixels square, encoded as `ext`."""
+    face = cv2.resize(varied_face(seed), (size, size), interpolation=cv2.INTER_AREA) if size != 512 else varied_face(seed)
+    return cv2.imencode(ext, cv2.cvtColor(face, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def webdataset_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> Path:
+    """A tar of WebDataset samples: (key, {extension: bytes}) each, members in that order."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for key, members in samples:
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+class ImageServer:
+    """An HTTP server on 127.0.0.1 in a thread, serving `png` under these paths: /ok.png (200),
+    /gone.png (404), /busy.png (429 with Retry-After: 1 on every other request, else 200),
+    /slow.png (answers after `slow` seconds), /noai.png (200 with X-Robots-Tag: noai).
+    Each handler does one bounded thing; `requests` counts the requests of each path."""
+
+    def __init__(self, png: bytes, slow: float = 3.0) -> None:
+        import threading
+        from collections import Counter
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: Counter = Counter()
+        self.agents: set = set()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests[self.path] += 1
+                server.agents.add(self.headers.get("User-Agent"))
+                headers: dict = {}
+                code = 200
+                if self.path == "/gone.png":
+                    code = 404
+                elif self.path == "/busy.png" and server.requests[self.path] % 2 == 1:
+                    code, headers = 429, {"Retry-After": "1"}
+                elif self.path == "/slow.png":
+                    time.sleep(slow)
+                elif self.path == "/noai.png":
+                    headers = {"X-Robots-Tag": "noai"}
+                body = png if code == 200 else b"no"
+                try:
+                    self.send_response(code)
+                    for k, v in {**headers, "Content-Length": str(len(body)), "Content-Type": "image/png"}.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:  # the client gave up (a timeout): nothing to answer
+                    pass
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+
+    def __enter__(self) -> ImageServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
