@@ -21,6 +21,7 @@ optional landmarks), as a CSV is. In a folder, Parquet files without an image co
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 import tarfile
@@ -48,6 +49,7 @@ ROW = pa.schema([
     pa.field("member_column", pa.string()),
     pa.field("kept", pa.string()),
 ])
+FRAGMENT = re.compile(r"^(.+\.(?:parquet|tar))#(.+)$", re.IGNORECASE)  # an input inside a Parquet file or a tar
 SAMPLE_NAME = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # WebDataset's: a key, then the extension from its first dot
 JSON_LIMIT = 1 << 20  # bytes of a sample's .json read into `kept`
 READ_ROWS = 64  # rows of a Parquet image column decoded at a time while reading
@@ -108,8 +110,9 @@ def iter_rows(source: str, chunk: int, suffixes: tuple[str, ...], uri_column: st
 
 def expanded(rows: pa.Table, chunk: int, given_column: str | None, keep: tuple[str, ...], strict: bool) -> Iterator[pa.Table]:
     """`rows` with each row that names a Parquet file of images or a tar replaced by its inputs (their
-    columns beyond ROW's null); with `strict`, a Parquet file without an image column is an error,
-    else it is skipped."""
+    columns beyond ROW's null). With `strict` (a manifest), a row that names one input inside such a
+    file is located, and a Parquet file without an image column is an error; else it is skipped."""
+    rows = located(rows, given_column) if strict else rows
     uris = rows.column("source_uri").to_pylist()
     start = 0
     for i, uri in enumerate(uris):
@@ -130,6 +133,36 @@ def expanded(rows: pa.Table, chunk: int, given_column: str | None, keep: tuple[s
             yield pa.table({n: table.column(n) if n in ROW.names else pa.nulls(table.num_rows, rows.schema.field(n).type) for n in rows.column_names}).cast(rows.schema)
     if start < len(uris):
         yield rows.slice(start)
+
+
+def located(rows: pa.Table, given_column: str | None) -> pa.Table:
+    """`rows` where those whose URI names one input inside a Parquet file of images or a tar, as the
+    tables of a job on such inputs write it (`<parquet>#<row>`, `<tar>#<key>`: a kept.parquet, say),
+    have its container and member. Each file named is opened once per call (a tar's headers read);
+    a URI that names no such input is left as it is, and reading it says so."""
+    uris = rows.column("source_uri").to_pylist()
+    hits = [(i, m.group(1), m.group(2)) for i, u in enumerate(uris) if u is not None and (m := FRAGMENT.match(u))]
+    if not hits:
+        return rows
+    container, member, size, column = (rows.column(n).to_pylist() for n in ("container", "member", "member_size", "member_column"))
+    files: dict[str, object] = {}
+    for i, file, part in hits:
+        if file not in files:
+            try:
+                if file.lower().endswith(PARQUET):
+                    with _parquet(file) as parquet:
+                        files[file] = (image_column(parquet.schema_arrow, given_column), parquet.metadata.num_rows)
+                else:
+                    files[file] = {key: (offset, length) for key, offset, length, _ in tar_samples(file, ())}
+            except (OSError, ValueError, pa.ArrowException, tarfile.TarError):
+                files[file] = None
+        found = files[file]
+        if isinstance(found, tuple) and found[0] is not None and part.isdigit() and int(part) < found[1]:
+            container[i], member[i], column[i] = file, int(part), found[0]
+        elif isinstance(found, dict) and part in found:
+            container[i], (member[i], size[i]) = file, found[part]
+    replaced = {"container": container, "member": member, "member_size": size, "member_column": column}
+    return pa.table({n: pa.array(replaced[n], rows.schema.field(n).type) if n in replaced else rows.column(n) for n in rows.column_names}).cast(rows.schema)
 
 
 def plain_rows(uris: list[str]) -> pa.Table:
@@ -197,26 +230,25 @@ def _row_counts(parquet: pq.ParquetFile, chunk: int) -> Iterator[pa.Table]:
 
 
 def tar_rows(uri: str, chunk: int, keep: tuple[str, ...]) -> Iterator[pa.Table]:
-    """One row per WebDataset sample of the tar `uri` that has an image member. The tar's headers are
-    read in order (through a 1 MiB read-ahead, so a tar of small images is read once, whole)."""
+    """One row per WebDataset sample of the tar `uri` that has an image member."""
+    samples = tar_samples(uri, keep)
+    while batch := list(itertools.islice(samples, chunk)):
+        keys, offsets, sizes, kept = zip(*batch)
+        yield _rows(pa.array([f"{uri}#{k}" for k in keys], pa.string()), uri, list(offsets), list(sizes), None, list(kept))
+
+
+def tar_samples(uri: str, keep: tuple[str, ...]) -> Iterator[tuple[str, int, int, str | None]]:
+    """(key, offset and size of its first image member, its `kept` cell) of each sample of the tar
+    `uri` that has an image member. The headers are read in order, through a 1 MiB read-ahead, so a
+    tar of small images is read once, whole."""
     filesystem, path = storage.filesystem_and_path(uri)
-    names: list[str] = []
-    offsets: list[int] = []
-    sizes: list[int] = []
-    kept: list[str | None] = []
     with filesystem.open_input_file(path) as raw, tarfile.open(fileobj=io.BufferedReader(raw, 1 << 20), mode="r:") as tar:
         sample: dict = {}
         for info in _samples(tar):
             if info is None or (sample and info[0] != sample["key"]):
                 if sample.get("image") is not None:
-                    names.append(f"{uri}#{sample['key']}")
-                    offsets.append(sample["image"].offset_data)
-                    sizes.append(sample["image"].size)
-                    kept.append(_kept_json(tar, sample.get("json"), keep))
+                    yield sample["key"], sample["image"].offset_data, sample["image"].size, _kept_json(tar, sample.get("json"), keep)
                 sample = {}
-                if len(names) >= chunk:
-                    yield _rows(pa.array(names, pa.string()), uri, offsets, sizes, None, kept)
-                    names, offsets, sizes, kept = [], [], [], []
             if info is None:
                 break
             key, ext, member = info
@@ -226,8 +258,6 @@ def tar_rows(uri: str, chunk: int, keep: tuple[str, ...]) -> Iterator[pa.Table]:
                 sample["image"] = member
             elif last == ".json" and "json" not in sample:
                 sample["json"] = member
-    if names:
-        yield _rows(pa.array(names, pa.string()), uri, offsets, sizes, None, kept)
 
 
 def _samples(tar: tarfile.TarFile) -> Iterator[tuple[str, str, tarfile.TarInfo] | None]:

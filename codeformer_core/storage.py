@@ -1,7 +1,10 @@
-"""URIs: local paths and s3:// objects, read and written through pyarrow filesystems.
+"""URIs: local paths, s3:// and gs:// objects, read and written through pyarrow filesystems.
 
 S3 settings come from the standard AWS configuration (environment, profiles). An
 S3-compatible endpoint is taken from `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`.
+Google Cloud Storage uses Application Default Credentials; `STORAGE_EMULATOR_HOST` points it at an
+emulator (anonymous, plain http). Listing a gs:// prefix goes through google-cloud-storage, page
+by page, since pyarrow's GCS listing is not paged.
 """
 
 from __future__ import annotations
@@ -47,6 +50,30 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+def is_gs(uri: str) -> bool:
+    return uri.startswith("gs://")
+
+
+def is_remote(uri: str) -> bool:
+    """An object store URI: objects appear whole when written, and there are no folders to make."""
+    return is_s3(uri) or is_gs(uri)
+
+
+def gcs_filesystem() -> pafs.GcsFileSystem:
+    return _gcs_filesystem(os.environ.get("STORAGE_EMULATOR_HOST"))
+
+
+@functools.lru_cache(maxsize=4)
+def _gcs_filesystem(emulator: str | None) -> pafs.GcsFileSystem:
+    import datetime
+
+    retry = datetime.timedelta(seconds=60)
+    if emulator:
+        host = emulator.split("://", 1)[-1].rstrip("/")
+        return pafs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=host, retry_time_limit=retry)
+    return pafs.GcsFileSystem(retry_time_limit=retry)
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
@@ -74,6 +101,8 @@ def filesystem_and_path(uri: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem that holds `uri` and the path inside it."""
     if is_s3(uri):
         return s3_filesystem(), uri.removeprefix("s3://").rstrip("/")
+    if is_gs(uri):
+        return gcs_filesystem(), uri.removeprefix("gs://").rstrip("/")
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
 
 
@@ -106,7 +135,7 @@ def join(base: str, *parts: str) -> str:
 
 
 def _uri_of(uri: str, path: str) -> str:
-    return f"s3://{path}" if is_s3(uri) else path
+    return f"s3://{path}" if is_s3(uri) else f"gs://{path}" if is_gs(uri) else path
 
 
 def iter_images(uri: str, chunk: int, suffixes: tuple[str, ...] = IMAGE_EXTENSIONS) -> Iterator[list[str]]:
@@ -120,7 +149,8 @@ def iter_images(uri: str, chunk: int, suffixes: tuple[str, ...] = IMAGE_EXTENSIO
     if info.type == pafs.FileType.File:
         yield [uri] if path.lower().endswith(suffixes) else []
         return
-    found = (p for p in (_s3_keys(path) if is_s3(uri) else _walk(path)) if p.lower().endswith(suffixes))
+    walk = _s3_keys(path) if is_s3(uri) else _gcs_keys(path) if is_gs(uri) else _walk(path)
+    found = (p for p in walk if p.lower().endswith(suffixes))
     while batch := [_uri_of(uri, p) for p in itertools.islice(found, chunk)]:
         yield batch
 
@@ -138,6 +168,37 @@ def _walk(folder: str, inside: frozenset[tuple[int, int]] = frozenset()) -> Iter
             yield path
         elif (os.stat(path).st_dev, os.stat(path).st_ino) not in inside:
             yield from _walk(path, inside)
+
+
+def _gcs_keys(path: str) -> Iterator[str]:
+    """`bucket/name` of every object under the prefix `path`, page by page (1,000 names a request),
+    through google-cloud-storage: pyarrow's GCS listing holds a whole prefix in memory."""
+    from google.api_core.exceptions import GoogleAPIError
+
+    bucket, _, prefix = path.partition("/")
+    try:
+        for blob in gcs_client().list_blobs(bucket, prefix=f"{prefix}/" if prefix else None, page_size=1000):
+            if not blob.name.endswith("/"):
+                yield f"{bucket}/{blob.name}"
+    except GoogleAPIError as exc:
+        raise OSError(f"listing gs://{path}: {type(exc).__name__}: {exc}") from None
+
+
+def gcs_client():
+    """A google-cloud-storage client of Application Default Credentials, or anonymous on an emulator
+    (which the client finds through STORAGE_EMULATOR_HOST itself)."""
+    return _gcs_client(os.environ.get("STORAGE_EMULATOR_HOST"))
+
+
+@functools.lru_cache(maxsize=4)
+def _gcs_client(emulator: str | None):
+    from google.cloud import storage as gcs
+
+    if emulator:
+        from google.auth.credentials import AnonymousCredentials
+
+        return gcs.Client(project="emulator", credentials=AnonymousCredentials())
+    return gcs.Client()
 
 
 def _s3_keys(path: str) -> Iterator[str]:
@@ -169,6 +230,8 @@ def read_range(uri: str, offset: int, size: int | None, attempts: int = OTHER_AT
         return b""
     if is_s3(uri):
         return _read_s3(uri, attempts, None if size is None and not offset else f"bytes={offset}-{'' if size is None else offset + size - 1}")
+    if is_gs(uri):
+        return _read_pyarrow(uri, offset, size, attempts)
     path = str(Path(uri).expanduser())
     for attempt in range(1, attempts + 1):
         try:
@@ -179,6 +242,28 @@ def read_range(uri: str, offset: int, size: int | None, attempts: int = OTHER_AT
             transient = exc.errno in TRANSIENT_ERRNOS
             if not transient or attempt == attempts:
                 raise ReadError(_local_error(path, exc, attempt), transient) from None
+            _backoff(attempt)
+    raise AssertionError("unreachable")
+
+
+def _read_pyarrow(uri: str, offset: int, size: int | None, attempts: int) -> bytes:
+    """Through the URI's pyarrow filesystem (which retries requests itself), tried again here while
+    it fails in a way that may pass; a missing object or a refusal is not tried again."""
+    filesystem, path = filesystem_and_path(uri)
+    for attempt in range(1, attempts + 1):
+        try:
+            if size is None and not offset:
+                with filesystem.open_input_stream(path) as f:
+                    return f.read()
+            with filesystem.open_input_file(path) as f:
+                return f.read_at(f.size() - offset if size is None else size, offset)
+        except FileNotFoundError:
+            raise ReadError(f"no such object: {uri}", False) from None
+        except (PermissionError, IsADirectoryError) as exc:
+            raise ReadError(f"{type(exc).__name__}: {uri}: {str(exc).splitlines()[0][:300]}", False) from None
+        except OSError as exc:
+            if attempt == attempts:
+                raise ReadError(f"{uri}: {exc} (after {attempts} attempts)", True) from None
             _backoff(attempt)
     raise AssertionError("unreachable")
 
@@ -289,7 +374,7 @@ def output_stream(uri: str) -> Iterator[pa.NativeFile]:
     """A stream that writes the whole object `uri`: on S3 a PUT or multipart upload, visible once it
     completes; locally a temporary file beside it, renamed when the stream ends without an error."""
     filesystem, path = filesystem_and_path(uri)
-    if is_s3(uri):
+    if is_remote(uri):
         with filesystem.open_output_stream(path) as f:
             yield f
         return
@@ -324,5 +409,11 @@ def delete(uri: str) -> None:
 def delete_dir(uri: str) -> None:
     """A folder or prefix and everything under it; nothing when it is not there."""
     filesystem, path = filesystem_and_path(uri)
-    if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
+    if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+        return
+    if not is_gs(uri):
+        filesystem.delete_dir(path)
+        return
+    filesystem.delete_dir_contents(path, missing_dir_ok=True)
+    with contextlib.suppress(OSError):  # GCS holds no folder, at most a marker object
         filesystem.delete_dir(path)

@@ -76,8 +76,8 @@ def is_video(uri: str) -> bool:
 
 @contextmanager
 def open_video(uri: str) -> Iterator[av.container.InputContainer]:
-    """The container of a local path or s3:// URI, open for reading."""
-    if storage.is_s3(uri):
+    """The container of a local path, an s3:// or gs:// URI (read through pyarrow), or an http(s) URL (by FFmpeg), open for reading."""
+    if storage.is_remote(uri):
         filesystem, path = storage.filesystem_and_path(uri)
         with filesystem.open_input_file(path) as f, av.open(f, mode="r") as container:
             yield _threaded(container)
@@ -125,7 +125,7 @@ def failure(uri: str, exc: Exception) -> dict:
     if isinstance(exc, IndexError):
         return {"status": DECODE_ERROR, "error": "the file holds no video stream"}
     if isinstance(exc, OSError):
-        return {"status": UNAVAILABLE if storage.is_s3(uri) else READ_ERROR, "error": text}
+        return {"status": UNAVAILABLE if storage.is_remote(uri) or uri.startswith(("http://", "https://")) else READ_ERROR, "error": text}
     return {"status": DECODE_ERROR, "error": text}
 
 

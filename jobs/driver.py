@@ -129,10 +129,10 @@ def check_cluster(common: Common) -> None:
             socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
         except OSError as exc:
             raise UsageError(f"cannot reach the Ray cluster at {address}: {exc}") from None
-    if not storage.is_s3(common.output) and not common.shared_output:
+    if not storage.is_remote(common.output) and not common.shared_output:
         raise UsageError(
             f"--output {common.output} is a local path, and the job runs on the Ray cluster at {address}: each of its nodes "
-            "would write to its own disk. Use an s3:// output, or --shared-output when the path is storage every node shares."
+            "would write to its own disk. Use an s3:// or gs:// output, or --shared-output when the path is storage every node shares."
         )
 
 

@@ -104,3 +104,15 @@ def test_optout_and_retry_after_are_read_as_img2dataset_and_rfc_9110_read_them()
     assert not opted_out(["otherbot: noai"]) and not opted_out(["noindex"]) and not opted_out([])
     assert retry_after("3", 60) == 3 and retry_after("600", 60) == 60 and retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 60) == 0
     assert retry_after(None, 60) is None and retry_after("soon", 60) is None
+
+
+def test_a_manifest_of_inputs_inside_parquet_and_tar_files_reads_those_inputs(corpus, tmp_path):
+    """As a job's kept.parquet names them: `<parquet>#<row>`, `<tar>#<key>`; a row that is not there is left to fail its read."""
+    folder, faces = corpus
+    given = [f"{folder}/a.parquet#3", f"{folder}/c.tar#x/s2", f"{folder}/a.parquet#9", f"{folder}/c.tar#x/s1", f"{folder}/gone.tar#k"]
+    pq.write_table(pa.table({"source_uri": given}), tmp_path / "kept.parquet")
+    rows = inputs.read_parquet_images(rows_of(tmp_path / "kept.parquet"))
+    assert rows.column("source_uri").to_pylist() == given
+    assert rows.column("data").to_pylist()[0] == faces[3] and rows.column("container").to_pylist()[2:] == [None, None, None]
+    tar = rows.to_pylist()[1]
+    assert inputs.read_member(tar["container"], tar["member"], tar["member_size"], 1) == faces[3]
