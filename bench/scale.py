@@ -2,6 +2,7 @@
 a thousand inputs make, and a rerun with nothing left to do.
 
     .venv/bin/python bench/scale.py driver [--counts 10000 1000000 10000000]
+    .venv/bin/python bench/scale.py inline [--counts 10000 1000000]
     .venv/bin/python bench/scale.py files
     .venv/bin/python bench/scale.py rerun [--count 100000]
     .venv/bin/python bench/scale.py shards [--repeats 3]
@@ -12,6 +13,10 @@ the output's lock, the streaming listing into the output (with the repeats dropp
 preflight, reading the markers and planning the pending shards. What the driver holds during the
 run grows with the shards, not the inputs (a dict of pending shards; the pipeline runs in a Ray
 worker of its own). Peak: getrusage(RUSAGE_SELF).ru_maxrss of that process.
+
+inline: the same, for a Parquet file of N images inline (a 200-byte `jpg` cell each, in row groups
+of 64k, and a `caption` column), listed as is and with --keep-columns caption: the image bytes are
+not read at listing, the kept column is.
 
 files: the audit job (--aligned --metrics sharpness) on 1,000 64x64 JPEGs; files per table.
 
@@ -69,18 +74,31 @@ def manifest(path: Path, count: int) -> Path:
     return path
 
 
-def driver(counts: list[int]) -> None:
-    print(f"{'manifest rows':>14} {'unique':>10} {'shards':>7} {'driver s':>9} {'driver peak RSS MiB':>20}")
+def inline_images(path: Path, count: int) -> Path:
+    """`count` rows of a 200-byte image cell and a caption, written 64k rows at a time."""
+    schema = pa.schema([pa.field("jpg", pa.binary()), pa.field("caption", pa.string())])
+    cell = bytes(range(200))
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, count, 65536):
+            n = min(65536, count - start)
+            writer.write_table(pa.table({"jpg": [cell] * n, "caption": [f"a face, row {i}" for i in range(start, start + n)]}, schema=schema))
+    return path
+
+
+def driver(counts: list[int], inline: bool = False) -> None:
+    print(f"{'input rows':>14} {'inputs':>10} {'shards':>7} {'flags':>22} {'driver s':>9} {'driver peak RSS MiB':>20}")
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
         for count in counts:
-            m = manifest(Path(tmp) / f"m{count}.parquet", count)
-            out = Path(tmp) / f"out{count}"
-            argv = ["--input", str(m), "--output", str(out), "--aligned", "--metrics", "sharpness"]
-            result = subprocess.run([sys.executable, "-c", DRIVER, *argv], cwd=ROOT, capture_output=True, text=True)
-            if result.returncode:
-                raise SystemExit(result.stderr[-3000:])
-            r = json.loads(result.stdout.strip().splitlines()[-1])
-            print(f"{pq.read_metadata(m).num_rows:>14} {r['rows']:>10} {r['shards']:>7} {r['seconds']:>9.1f} {r['peak_rss_kib'] / 1024:>20.1f}", flush=True)
+            m = (inline_images if inline else manifest)(Path(tmp) / f"m{count}.parquet", count)
+            for flags in (["--keep-columns", "caption"], []) if inline else ([],):
+                out = Path(tmp) / f"out{count}{len(flags)}"
+                argv = ["--input", str(m), "--output", str(out), "--aligned", "--metrics", "sharpness", *flags]
+                result = subprocess.run([sys.executable, "-c", DRIVER, *argv], cwd=ROOT, capture_output=True, text=True)
+                if result.returncode:
+                    raise SystemExit(result.stderr[-3000:])
+                r = json.loads(result.stdout.strip().splitlines()[-1])
+                print(f"{pq.read_metadata(m).num_rows:>14} {r['rows']:>10} {r['shards']:>7} {' '.join(flags) or '-':>22} {r['seconds']:>9.1f} "
+                      f"{r['peak_rss_kib'] / 1024:>20.1f}", flush=True)
 
 
 def audit(inputs: Path, out: Path, *extra: str) -> tuple[float, str]:
@@ -150,14 +168,16 @@ def main() -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     d = sub.add_parser("driver")
     d.add_argument("--counts", type=int, nargs="+", default=[10_000, 1_000_000, 10_000_000])
+    i = sub.add_parser("inline")
+    i.add_argument("--counts", type=int, nargs="+", default=[10_000, 1_000_000])
     sub.add_parser("files")
     r = sub.add_parser("rerun")
     r.add_argument("--count", type=int, default=100_000)
     sh = sub.add_parser("shards")
     sh.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    if args.what == "driver":
-        driver(args.counts)
+    if args.what in ("driver", "inline"):
+        driver(args.counts, args.what == "inline")
     elif args.what == "files":
         files()
     elif args.what == "shards":
