@@ -1,6 +1,6 @@
 # The image every node of a cluster runs (cluster/README.md: build and push): the CUDA runtime,
 # Python 3.11, and this project with the versions pyproject.toml pins, run as a non-root user.
-# tests/test_container.py checks that the pins here are pyproject.toml's. Not built on the
+# tests/unit/test_container.py checks that the pins here are pyproject.toml's. Not built on the
 # development machine, which has no Docker.
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
 
