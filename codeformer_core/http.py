@@ -27,6 +27,7 @@ USER_AGENT = f"{TOOL}/{__version__} (face dataset tool; honours X-Robots-Tag noa
 OPTOUT_DIRECTIVES = frozenset({"noai", "noimageai"})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 THREADS = 16  # requests of one batch in flight at once, over all hosts
+REDIRECTS = 5  # followed by urllib3 within one try; every other retry is this module's, with its backoff
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,13 @@ def fetch(url: str, config: HttpConfig, gate: threading.Semaphore | None = None,
         wait = None
         try:
             with gate:
-                response = _pool(config.timeout).request("GET", url, headers={"User-Agent": USER_AGENT}, retries=False, redirect=True, preload_content=True)
-        except urllib3.exceptions.TimeoutError as exc:
-            failure = Fetched(b"", HTTP_TIMEOUT, f"GET {url}: timed out after {config.timeout:g} s ({type(exc).__name__}), {attempt} attempts")
+                response = _pool(config.timeout).request("GET", url, headers={"User-Agent": USER_AGENT}, retries=_redirects_only(), preload_content=True)
         except urllib3.exceptions.HTTPError as exc:
-            failure = Fetched(b"", UNAVAILABLE, f"GET {url}: {type(exc).__name__}: {exc} ({attempt} attempts)")
+            cause = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None else exc
+            if isinstance(cause, urllib3.exceptions.TimeoutError):
+                failure = Fetched(b"", HTTP_TIMEOUT, f"GET {url}: timed out after {config.timeout:g} s ({type(cause).__name__}), {attempt} attempts")
+            else:
+                failure = Fetched(b"", UNAVAILABLE, f"GET {url}: {type(cause).__name__}: {cause} ({attempt} attempts)")
         except ValueError as exc:  # not a URL urllib3 can request
             return Fetched(b"", READ_ERROR, f"GET {url}: {exc}")
         else:
@@ -91,6 +94,12 @@ def fetch(url: str, config: HttpConfig, gate: threading.Semaphore | None = None,
         if attempt < config.attempts:
             sleep(wait if wait is not None else random.uniform(0, min(config.max_wait, 2.0 ** (attempt - 1))))
     return failure
+
+
+def _redirects_only():
+    import urllib3
+
+    return urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=REDIRECTS, raise_on_redirect=False, raise_on_status=False)
 
 
 @functools.lru_cache(maxsize=4)

@@ -20,6 +20,8 @@ optional landmarks), as a CSV is. In a folder, Parquet files without an image co
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import itertools
 import json
@@ -145,24 +147,27 @@ def located(rows: pa.Table, given_column: str | None) -> pa.Table:
     if not hits:
         return rows
     container, member, size, column = (rows.column(n).to_pylist() for n in ("container", "member", "member_size", "member_column"))
-    files: dict[str, object] = {}
     for i, file, part in hits:
-        if file not in files:
-            try:
-                if file.lower().endswith(PARQUET):
-                    with _parquet(file) as parquet:
-                        files[file] = (image_column(parquet.schema_arrow, given_column), parquet.metadata.num_rows)
-                else:
-                    files[file] = {key: (offset, length) for key, offset, length, _ in tar_samples(file, ())}
-            except (OSError, ValueError, pa.ArrowException, tarfile.TarError):
-                files[file] = None
-        found = files[file]
+        found = _contents(file, given_column)
         if isinstance(found, tuple) and found[0] is not None and part.isdigit() and int(part) < found[1]:
             container[i], member[i], column[i] = file, int(part), found[0]
         elif isinstance(found, dict) and part in found:
             container[i], (member[i], size[i]) = file, found[part]
     replaced = {"container": container, "member": member, "member_size": size, "member_column": column}
     return pa.table({n: pa.array(replaced[n], rows.schema.field(n).type) if n in replaced else rows.column(n) for n in rows.column_names}).cast(rows.schema)
+
+
+@functools.lru_cache(maxsize=16)
+def _contents(file: str, given_column: str | None) -> tuple[str | None, int] | dict[str, tuple[int, int]] | None:
+    """What `located` needs of a file, kept for the next chunks of the same manifest: a Parquet file's
+    image column and row count, a tar's image members by sample key; None when it cannot be read."""
+    try:
+        if file.lower().endswith(PARQUET):
+            with _parquet(file) as parquet:
+                return image_column(parquet.schema_arrow, given_column), parquet.metadata.num_rows
+        return {key: (offset, length) for key, offset, length, _ in tar_samples(file, ())}
+    except (OSError, ValueError, pa.ArrowException, tarfile.TarError):
+        return None
 
 
 def plain_rows(uris: list[str]) -> pa.Table:
@@ -180,9 +185,12 @@ def _rows(source_uri: pa.Array, container: str | None = None, member: object = N
                      column(member_column, pa.string()), column(kept, pa.string())], schema=ROW)
 
 
-def _parquet(uri: str) -> pq.ParquetFile:
+@contextlib.contextmanager
+def _parquet(uri: str) -> Iterator[pq.ParquetFile]:
+    """A Parquet file open for reading, its pages streamed through a 1 MiB buffer, closed after."""
     filesystem, path = storage.filesystem_and_path(uri)
-    return pq.ParquetFile(filesystem.open_input_file(path), pre_buffer=False, buffer_size=1 << 20)
+    with filesystem.open_input_file(path) as f, pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 20) as parquet:
+        yield parquet
 
 
 def kept_cells(table: pa.Table, keep: tuple[str, ...]) -> list[str | None]:
@@ -262,7 +270,8 @@ def tar_samples(uri: str, keep: tuple[str, ...]) -> Iterator[tuple[str, int, int
 
 def _samples(tar: tarfile.TarFile) -> Iterator[tuple[str, str, tarfile.TarInfo] | None]:
     """(key, extension, member) of each regular member named as WebDataset names them, then None."""
-    for member in tar:
+    while (member := tar.next()) is not None:
+        tar.members = []  # tarfile keeps every header it read: a tar of millions of members would sit in memory
         match = SAMPLE_NAME.match(member.name)
         if member.isfile() and match:
             yield match.group(1), match.group(2), member

@@ -110,7 +110,8 @@ def webdataset_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> P
 class ImageServer:
     """An HTTP server on 127.0.0.1 in a thread, serving `png` under these paths: /ok.png (200),
     /gone.png (404), /busy.png (429 with Retry-After: 1 on every other request, else 200),
-    /slow.png (answers after `slow` seconds), /noai.png (200 with X-Robots-Tag: noai).
+    /slow.png (answers after `slow` seconds), /noai.png (200 with X-Robots-Tag: noai), /moved.png
+    (301 to /ok.png).
     Each handler does one bounded thing; `requests` counts the requests of each path."""
 
     def __init__(self, png: bytes, slow: float = 3.0) -> None:
@@ -136,6 +137,8 @@ class ImageServer:
                     time.sleep(slow)
                 elif self.path == "/noai.png":
                     headers = {"X-Robots-Tag": "noai"}
+                elif self.path == "/moved.png":
+                    code, headers = 301, {"Location": "/ok.png"}
                 body = png if code == 200 else b"no"
                 try:
                     self.send_response(code)

@@ -95,6 +95,7 @@ def test_http_inputs_say_what_happened_and_are_retried_only_when_that_may_help()
         assert waits[0] == 1.0  # busy.png's Retry-After
         assert server.requests["/gone.png"] == 1 and server.requests["/busy.png"] == 2 and server.requests["/slow.png"] == 2
         assert fetch(f"{server.url}/noai.png", HttpConfig(honour_optout=False)).status == "ok"
+        assert fetch(f"{server.url}/moved.png", config).data == b"PNG" and server.requests["/moved.png"] == 1
         assert [f.status for f in fetch_all([f"{server.url}/ok.png", f"{server.url}/gone.png"] * 3, config)] == ["ok", "http_404"] * 3
         assert all(a.startswith("codeformer-data/") for a in server.agents)
 
