@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from codeformer_core.codec import DEFAULT_MAX_PIXELS
+from codeformer_core.codec import DEFAULT_MAX_PIXELS, FORMATS, Encoding
 from codeformer_core.detect import MODELS, DetectConfig
 from codeformer_core.metrics import NO_REFERENCE
 from codeformer_core.restore import MAX_AUTO_BATCH, PRECISIONS, Speed
@@ -248,6 +248,24 @@ def restoration(args: argparse.Namespace, synthetic: bool) -> Restoration:
         compile=args.compile, batch_size=args.batch_size,
     )
     return Restoration(f"{SYNTHETIC_SPEC_PREFIX}1" if synthetic else args.weights, args.fidelity, speed)
+
+
+def add_image_flags(p: argparse.ArgumentParser, what: str) -> argparse._ArgumentGroup:
+    """How the job stores `what`."""
+    g = p.add_argument_group(f"stored images ({what})")
+    g.add_argument(
+        "--image-format", choices=FORMATS, default="png",
+        help="png: lossless, at a fast compression level; jpeg or webp: lossy at --image-quality, several times smaller, and "
+        "JPEG about 20x faster to write than PNG (docs/BENCHMARKS.md has the measurements) (default png)",
+    )
+    g.add_argument("--image-quality", type=int, choices=range(1, 101), metavar="1..100", default=None, help="quality of --image-format jpeg or webp (default 95)")
+    return g
+
+
+def encoding(args: argparse.Namespace) -> Encoding:
+    if args.image_format == "png" and args.image_quality is not None:
+        raise UsageError("--image-quality sets the quality of --image-format jpeg or webp; PNG is lossless")
+    return Encoding(args.image_format, 95 if args.image_quality is None else args.image_quality)
 
 
 def add_measure_flags(p: argparse.ArgumentParser) -> None:

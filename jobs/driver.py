@@ -307,7 +307,7 @@ def main(job: Job, argv: list[str] | None = None) -> int:
         except runner.RunFailedError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        lines = summary(job, common, inputs.rows, statuses, items, done.items, time.monotonic() - start) + extra
+        lines = summary(job, common, inputs.rows, statuses, items, done.items, time.monotonic() - start) + done.busy_line() + extra
         print("\n".join(lines + ([SYNTHETIC_NOTE] if synthetic else [])))
         return 0
     except KeyboardInterrupt:

@@ -51,28 +51,64 @@ class Actor:
         return self.calls[-1](batch)
 
 
-def build(source, stages: list[Stage], place: Placement, block: int):
-    """`source` (a Dataset of input rows) through `stages`, each with the resources its kind asks for."""
+def name(s: Stage) -> str:
+    return "+".join(fn.__name__ for fn, _ in s.parts)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A Ray Data plan and the most actors each of its actor stages (by name) may have."""
+
+    dataset: object
+    pools: dict[str, int]
+
+
+def build(source, stages: list[Stage], place: Placement, block: int) -> Plan:
+    """`source` (a Dataset of input rows) through `stages`, each with the resources its kind asks for.
+    An actor stage's operator is named after its parts (MapBatches(RestoreFaces)), so that its stats can be found."""
     import ray
 
     shares = resources.gpu_shares([s.gpu if s.kind != TASK else 0.0 for s in stages]) if place.gpus else [0.0] * len(stages)
     actor_cpus = place.actor_cpus([s.kind for s in stages if s.kind != TASK])
-    ds = source
+    ds, pools = source, {}
     for s, share in zip(stages, shares):
         common = {"batch_format": "numpy", "batch_size": s.rows or block}
         if s.kind == TASK:
             ((fn, args),) = s.parts
             ds = ds.map_batches(fn, fn_kwargs=dict(args), num_cpus=resources.TASK_CPUS, **common)
         else:
+            pools[name(s)] = place.pool(s.kind)
             ds = ds.map_batches(
-                Actor,
+                type(name(s), (Actor,), {}),
                 fn_constructor_kwargs={"parts": s.parts, "kind": s.kind, "device": place.device, "per_node": place.workers_per_node(s.kind), "threads": place.threads},
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=place.pool(s.kind)),
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pools[name(s)]),
                 num_cpus=actor_cpus,
                 num_gpus=share,
                 **common,
             )
-    return ds
+    return Plan(ds, pools)
+
+
+def busy_seconds(plan: Plan) -> dict[str, tuple[float, float]]:
+    """After `plan` ran: per actor stage, (seconds its actors spent in its calls, seconds its actors
+    had: the most actors it may have times the time from its first call's start to its last call's
+    end), from Ray Data's operator stats. The ratio is the stage's busy fraction, a lower bound
+    when its pool did not grow to its largest; empty when Ray gives no stats."""
+    try:
+        summaries = [plan.dataset.get_stats_summary()]
+    except Exception:  # stats only inform the summary: a run that committed its work is not failed for them
+        return {}
+    found = {}
+    operators = []
+    while summaries:  # the last operator's stats, and its inputs' as parents
+        summary = summaries.pop()
+        operators += summary.operators_stats
+        summaries += summary.parents
+    for op in operators:
+        stage = op.operator_name.removeprefix("MapBatches(").removesuffix(")")
+        if stage in plan.pools and op.function_body_time and op.earliest_start_time is not None and op.latest_end_time is not None:
+            found[stage] = (op.function_body_time.sum, plan.pools[stage] * (op.latest_end_time - op.earliest_start_time))
+    return found
 
 
 @dataclass(frozen=True)

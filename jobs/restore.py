@@ -12,7 +12,8 @@ Videos (mp4, mov, avi, mkv, webm) are listed next to images; every frame is rest
 --every-n-frames or --fps says otherwise, and a video is cut into segments of --segment-frames
 that run side by side.
 Output is Parquet tables under --output: images/ (one row per input, with a status; one per
-segment of a video), faces/ (one row per restored face, PNG crops and lineage), frames/ (one row
+segment of a video), faces/ (one row per restored face, its crops as
+--image-format says, and lineage), frames/ (one row
 per kept frame of a video), tracks/ and face_tracks/ (faces followed through each video), with
 --paste pasted/, and with --write-video videos/<image_id>.mp4. Running the same
 command again after a crash finishes the output without duplicating rows; a finished output is
@@ -25,6 +26,7 @@ import argparse
 import sys
 from dataclasses import asdict, dataclass
 
+from codeformer_core.codec import Encoding
 from codeformer_core.upsample import DEFAULT_TILE, TILE_PAD, realesrgan_weights
 from jobs import cli
 from jobs.cli import UsageError
@@ -59,6 +61,11 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         help="size factor of pasted images (official --upscale); the background is resized (Lanczos) unless --bg-upsampler says otherwise (default 1)",
     )
     d.add_argument("--parse", action="store_true", help="with --paste, blend with a ParseNet face-parsing mask instead of the soft square")
+    cli.add_image_flags(p, "restored faces, input crops and pasted images").add_argument(
+        "--no-input-crop", action="store_true",
+        help="leave faces/ input_crop null: it can be made again from the input and the row's affine, and writing it is half the "
+        "job's encoding work",
+    )
     v = p.add_argument_group("restored videos (the official script's video output)")
     v.add_argument(
         "--write-video", action="store_true",
@@ -102,6 +109,8 @@ class RestoreConfig:
     upsample_faces: bool
     upsampler: dict | None  # Upsampler.from_weights' arguments but the device, when either upsamples
     video_out: VideoOut | None  # --write-video
+    encoding: Encoding
+    input_crop: bool  # write faces/ input_crop
 
 
 def configure(args: argparse.Namespace, common: Common) -> RestoreConfig:
@@ -126,6 +135,7 @@ def configure(args: argparse.Namespace, common: Common) -> RestoreConfig:
     return RestoreConfig(
         cli.restoration(args, common.synthetic), cli.measures(args, restoring=True), cli.detection(args), args.detect_layout, args.paste,
         args.upscale, args.parse, background, faces, upsampler, VideoOut(args.video_fps, args.video_crf) if args.write_video else None,
+        cli.encoding(args), not args.no_input_crop,
     )
 
 
@@ -141,6 +151,7 @@ def preflight(common: Common, cfg: RestoreConfig, detecting: bool) -> dict:
         "aligned": common.aligned, "max_pixels": common.max_pixels, "detect": None if common.aligned else asdict(cfg.detection.config),
         "upscale": cfg.upscale if cfg.paste else None, "parse": cfg.parse, "metrics": list(cfg.measures.metrics), "identity": cfg.measures.identity,
         "upsampler": upsampler, "video_out": asdict(cfg.video_out) if cfg.video_out else None,
+        "encoding": asdict(cfg.encoding), "input_crop": cfg.input_crop,
     }
 
 
@@ -155,8 +166,11 @@ def stages(common: Common, cfg: RestoreConfig, ctx: Context) -> list[Stage]:
         found.append(measure_stage(common, cfg.measures, ctx))
     if cfg.paste:
         found.append(stage(models.PasteFaces, MODEL, upscale=cfg.upscale, parse=cfg.parse, weights_dir=common.weights_dir, synthetic=ctx.synthetic,
-                           device=ctx.place.device, upsampler=cfg.upsampler, background=cfg.upsample_background, faces=cfg.upsample_faces))
-    return found + [stage(models.encode_faces, columns=("crops", "restored")), stage(write_restored, output=common.output, run=ctx.record)]
+                           device=ctx.place.device, upsampler=cfg.upsampler, background=cfg.upsample_background, faces=cfg.upsample_faces,
+                           encoding=cfg.encoding))
+    encoded = stage(models.encode_faces, columns=("crops", "restored") if cfg.input_crop else ("restored",), encoding=cfg.encoding,
+                    drop=("pixels",) if cfg.input_crop else ("pixels", "crops"))
+    return found + [encoded, stage(write_restored, output=common.output, run=ctx.record, encoding=cfg.encoding)]
 
 
 JOB = Job("restore", __doc__, ("images", "faces", "pasted", "frames"), "faces", "restored", add_flags, configure, preflight, stages,

@@ -25,7 +25,7 @@ from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
 from codeformer_core import inputs as kinds
-from jobs import ledger, listing
+from jobs import ledger, listing, pipeline
 from jobs.memory import memory_mib, release_freed_memory, reset_peak_memory
 from jobs.resources import TASK_CPUS
 
@@ -136,7 +136,8 @@ def run_shards(plan: Callable[[dict[int, Work]], object], shards: dict[int, Work
     committing: dict = {}
     update: dict = {"processed": 0, "committed": []}
     last, recycled = time.monotonic(), False
-    batches = iter(plan(shards).iter_batches(batch_size=None, batch_format="numpy"))
+    built = plan(shards)
+    batches = iter(built.dataset.iter_batches(batch_size=None, batch_format="numpy"))
     for batch in batches:
         columns = ("shard", "first", "inputs", "segments", "items", "statuses", "written", "rows")
         for shard, first, inputs, segments, items, statuses, written, rows in zip(*(batch[k] for k in columns)):
@@ -165,7 +166,7 @@ def run_shards(plan: Callable[[dict[int, Work]], object], shards: dict[int, Work
             batches.close()  # ends the Ray Data run before its shards go to another
             break
     update["committed"] += collect(committing, wait=True)
-    yield {**update, "start_mib": start_mib, "peak_mib": memory_mib("VmHWM"), "recycled": recycled}
+    yield {**update, "start_mib": start_mib, "peak_mib": memory_mib("VmHWM"), "recycled": recycled, "busy": pipeline.busy_seconds(built)}
 
 
 def collect(committing: dict, wait: bool) -> list[dict]:
@@ -183,10 +184,21 @@ def collect(committing: dict, wait: bool) -> list[dict]:
 
 @dataclass
 class Totals:
-    """What this job's runs committed: inputs newly committed, items (faces, pairs) added."""
+    """What this job's runs committed: inputs newly committed, items (faces, pairs) added; and per
+    actor stage, the seconds its actors were busy and the seconds they had (pipeline.busy_seconds)."""
 
     inputs: int = 0
     items: int = 0
+    busy: dict[str, list[float]] = field(default_factory=dict)
+
+    def add_busy(self, found: dict[str, tuple[float, float]]) -> None:
+        for stage, seconds in found.items():
+            total = self.busy.setdefault(stage, [0.0, 0.0])
+            total[0], total[1] = total[0] + seconds[0], total[1] + seconds[1]
+
+    def busy_line(self) -> list[str]:
+        shares = [f"{stage} {used / had:.2f}" for stage, (used, had) in self.busy.items() if had > 0]
+        return [f"busy fraction of the actor stages (Ray Data's operator stats; 1.00: never waiting for input): {', '.join(shares)}"] if shares else []
 
 
 def drive(
@@ -219,6 +231,7 @@ def drive(
                     bar.set_postfix({unit: done.items, "committed": finished, f"{unit}_per_s": f"{done.items / max(time.monotonic() - start, 1e-9):.3f}"})
                     if lost():
                         raise OutputTakenError(f"another job took over {output} while this one ran; what this one committed is kept")
+                done.add_busy(update["busy"])
                 grown = update["peak_mib"] - update["start_mib"]
                 bar.write(f"run {runs}: {len(shards) - len(pending)} of {len(shards)} shards committed; its Ray worker grew by {grown:.0f} MiB, to {update['peak_mib']:.0f} MiB", file=sys.stderr)
                 if not pending or (update["recycled"] and len(pending) < before):

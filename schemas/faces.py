@@ -6,10 +6,11 @@ audit job's faces/ table (schemas/audit_faces.py) uses the same names and defini
 
 import pyarrow as pa
 
+from codeformer_core.codec import FORMATS
 from schemas import FACE_FRAME_FIELDS, IMAGE_STRUCT, versioned
 from schemas.audit_faces import NO_REFERENCE, RESTORED
 
-VERSION = 4
+VERSION = 5
 
 SCHEMA = versioned(
     "faces",
@@ -22,8 +23,9 @@ SCHEMA = versioned(
         pa.field("det_score", pa.float32()),  # null unless detected
         pa.field("landmarks", pa.list_(pa.float32(), 10)),  # x, y of eyes, nose, mouth corners; null for --aligned
         pa.field("affine", pa.list_(pa.float64(), 6)),  # 2x3 input image -> 512 crop, row-major
-        pa.field("restored", IMAGE_STRUCT, nullable=False),  # 512x512 PNG
-        pa.field("input_crop", IMAGE_STRUCT, nullable=False),  # the aligned 512x512 input face, PNG
+        pa.field("restored", IMAGE_STRUCT, nullable=False),  # 512x512
+        pa.field("input_crop", IMAGE_STRUCT),  # the aligned 512x512 input face; null with --no-input-crop
+        pa.field("image_format", pa.string(), nullable=False, metadata={"values": ",".join(FORMATS)}),  # of restored and input_crop: --image-format
         *[pa.field(name, pa.float64()) for name in NO_REFERENCE + RESTORED],  # null where undefined (NIQE of a flat face)
         *FACE_FRAME_FIELDS,
     ],

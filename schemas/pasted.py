@@ -2,9 +2,10 @@
 
 import pyarrow as pa
 
+from codeformer_core.codec import FORMATS
 from schemas import FRAME_FIELDS, IMAGE_STRUCT, versioned
 
-VERSION = 2
+VERSION = 3
 
 SCHEMA = versioned(
     "pasted",
@@ -13,7 +14,8 @@ SCHEMA = versioned(
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("source_uri", pa.string(), nullable=False),
         pa.field("upscale", pa.int32(), nullable=False),
-        pa.field("pasted", IMAGE_STRUCT, nullable=False),  # PNG, input size times upscale
+        pa.field("pasted", IMAGE_STRUCT, nullable=False),  # input size times upscale
+        pa.field("image_format", pa.string(), nullable=False, metadata={"values": ",".join(FORMATS)}),  # of pasted: --image-format
         *FRAME_FIELDS,
     ],
 )

@@ -16,7 +16,7 @@ from codeformer_core.weights import SYNTHETIC_MARKER, synthetic_codeformer_state
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    """PNG (or any format cv2 reads) written by `encode_png` -> RGB uint8."""
+    """PNG (or any format cv2 reads) written by `codec.encode` -> RGB uint8."""
     return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 

@@ -10,6 +10,7 @@ import torch
 
 from codeformer_core import codec, gray, paste
 from codeformer_core.arcface import load_arcface
+from codeformer_core.codec import PNG, Encoding
 from codeformer_core.detect import Detector
 from codeformer_core.measure import landmark_distances, measure_faces
 from codeformer_core.parsing import FaceParser
@@ -90,14 +91,15 @@ class MeasureFaces:
 
 
 class PasteFaces:
-    """Each whole image with its restored faces pasted back (`pasted`, PNG); ParseNet masks with
+    """Each whole image with its restored faces pasted back (`pasted`, as `encoding` says); ParseNet masks with
     `parse`; with `upsampler` (Upsampler.from_weights' arguments but the device), Real-ESRGAN
     upsamples the background (`background`) and/or the restored faces (`faces`) before pasting."""
 
     def __init__(
-        self, upscale: int, parse: bool, weights_dir: str | None, synthetic: bool, device: str, upsampler: dict | None, background: bool, faces: bool
+        self, upscale: int, parse: bool, weights_dir: str | None, synthetic: bool, device: str, upsampler: dict | None, background: bool, faces: bool,
+        encoding: Encoding,
     ) -> None:
-        self.upscale = upscale
+        self.upscale, self.encoding = upscale, encoding
         self.device = torch.device(device)
         self.parser = FaceParser.from_weights(self.device, None, weights_dir, 1 if synthetic else None) if parse else None
         self.upsampler = Upsampler.from_weights(device=self.device, **upsampler)[0] if upsampler else None
@@ -118,10 +120,11 @@ class PasteFaces:
             affines = [np.asarray(a, dtype=np.float64).reshape(2, 3) for a in batch["affine"][i]]
             masks = self.parser.masks(faces) if self.parser else None
             background = self.upsampler.upsample(image) if self.background else None
-            pasted.append(codec.encode_png(paste.paste_faces(image, faces, affines, self.upscale, masks, background, self.faces)))
+            pasted.append(codec.encode(paste.paste_faces(image, faces, affines, self.upscale, masks, background, self.faces), self.encoding))
         return table(batch, pasted=pasted)
 
 
-def encode_faces(batch: Batch, columns: tuple[str, ...]) -> pa.Table:
-    """The raw faces of `columns` as PNGs; the whole images' pixels are dropped (nothing after needs them)."""
-    return table(batch, drop=("pixels",), **{c: [[codec.encode_png(face_of(b)) for b in faces] for faces in batch[c]] for c in columns})
+def encode_faces(batch: Batch, columns: tuple[str, ...], encoding: Encoding = PNG, drop: tuple[str, ...] = ("pixels",)) -> pa.Table:
+    """The raw faces of `columns` as image files; the columns `drop` are dropped (by default the whole
+    images' pixels: nothing after needs them)."""
+    return table(batch, drop=drop, **{c: [[codec.encode(face_of(b), encoding) for b in faces] for faces in batch[c]] for c in columns})

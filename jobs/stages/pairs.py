@@ -49,14 +49,14 @@ class MakePairs:
                 images = degrade.degrade(
                     [face_of(batch["crops"][i][k]) for i, k, *_ in chunk], [t[4] for t in chunk], self.device
                 )
-                lq.update({(i, k, p): codec.encode_png(image) for (i, k, p, *_), image in zip(chunk, images)})
+                lq.update({(i, k, p): codec.encode(image) for (i, k, p, *_), image in zip(chunk, images)})
             except Exception as exc:  # e.g. out of device memory: these images fail, the job goes on
                 for i, *_ in chunk:
                     status[i], error[i] = DEGRADE_ERROR, short_error(exc)
         hq_png, lq_png, rows = [], [], []
         for i, faces in enumerate(batch["crops"]):
             ok = status[i] == OK
-            hq_png.append([codec.encode_png(face_of(f)) for f in faces] if ok else [])
+            hq_png.append([codec.encode(face_of(f)) for f in faces] if ok else [])
             mine = [t for t in todo if t[0] == i] if ok else []
             lq_png.append([lq[(i, k, p)] for i, k, p, *_ in mine])
             rows.append([json.dumps({"face_index": k, "pair_index": p, "pair_seed": s, **params.to_row()}) for _, k, p, s, params in mine])

@@ -11,11 +11,13 @@ import pyarrow as pa
 import schemas.faces
 import schemas.images
 import schemas.pasted
+from codeformer_core.codec import Encoding
 from jobs import ledger
 from jobs.stages.batches import Batch, clean, file_stem, frame_of, missing
 
 
-def face_rows(batch: Batch) -> list[dict]:
+def face_rows(batch: Batch, encoding: Encoding) -> list[dict]:
+    """With `crops` in the batch (encoded), `input_crop` is written; else it is null (--no-input-crop)."""
     rows = []
     for i, image_id in enumerate(str(x) for x in batch["image_id"]):
         uri = str(batch["source_uri"][i])
@@ -24,7 +26,8 @@ def face_rows(batch: Batch) -> list[dict]:
         measures = [json.loads(m) for m in batch["measures"][i]] if "measures" in batch else [{} for _ in batch["restored"][i]]
         frame, timestamp = frame_of(batch, i)
         stem = file_stem(image_id, frame)
-        for k, (out, crop) in enumerate(zip(batch["restored"][i], batch["crops"][i])):
+        crops = batch["crops"][i] if "crops" in batch else None
+        for k, out in enumerate(batch["restored"][i]):
             rows.append(
                 {
                     "image_id": image_id,
@@ -34,8 +37,9 @@ def face_rows(batch: Batch) -> list[dict]:
                     "det_score": score[k] if score else None,
                     "landmarks": landmarks[k] if landmarks else None,
                     "affine": clean(batch["affine"][i][k]),
-                    "restored": {"bytes": out, "path": f"{stem}_{k}.png"},
-                    "input_crop": {"bytes": crop, "path": f"{stem}_{k}_input.png"},
+                    "restored": {"bytes": out, "path": f"{stem}_{k}.{encoding.suffix}"},
+                    "input_crop": {"bytes": crops[k], "path": f"{stem}_{k}_input.{encoding.suffix}"} if crops is not None else None,
+                    "image_format": encoding.format,
                     "frame_index": frame,
                     "timestamp": timestamp,
                     "restored_embedding": clean(batch["restored_embeddings"][i][k]) if "restored_embeddings" in batch and frame is not None else None,
@@ -45,14 +49,14 @@ def face_rows(batch: Batch) -> list[dict]:
     return rows
 
 
-def write_restored(batch: Batch, output: str, run: dict) -> Batch:
+def write_restored(batch: Batch, output: str, run: dict, encoding: Encoding) -> Batch:
     """This batch's rows of every table, staged for the commit of their shards."""
-    return ledger.stage(batch, output, "faces", functools.partial(restored_tables, run=run))
+    return ledger.stage(batch, output, "faces", functools.partial(restored_tables, run=run, encoding=encoding))
 
 
-def restored_tables(batch: Batch, run: dict) -> tuple[ledger.Tables, ledger.Files]:
+def restored_tables(batch: Batch, run: dict, encoding: Encoding) -> tuple[ledger.Tables, ledger.Files]:
     n = len(batch["image_id"])
-    faces = face_rows(batch)
+    faces = face_rows(batch, encoding)
     lineage = {"code_version": [run["code_version"]] * n, "weights_sha256": [run["weights_sha256"]] * n}
     lineage |= {"weights_synthetic": [run["weights_synthetic"]] * n, "fidelity": [run["fidelity"]] * n}
     tables = {
@@ -64,8 +68,9 @@ def restored_tables(batch: Batch, run: dict) -> tuple[ledger.Tables, ledger.File
     if "pasted" in batch:
         pasted = [
             {"image_id": str(batch["image_id"][i]), "source_uri": str(batch["source_uri"][i]), "upscale": run["upscale"],
-             "pasted": {"bytes": png, "path": f"{file_stem(str(batch['image_id'][i]), frame)}_pasted.png"}, "frame_index": frame, "timestamp": timestamp}
-            for i, png in enumerate(batch["pasted"]) if not missing(png)
+             "pasted": {"bytes": data, "path": f"{file_stem(str(batch['image_id'][i]), frame)}_pasted.{encoding.suffix}"},
+             "image_format": encoding.format, "frame_index": frame, "timestamp": timestamp}
+            for i, data in enumerate(batch["pasted"]) if not missing(data)
             for frame, timestamp in [frame_of(batch, i)]
         ]
         tables["pasted"] = pa.Table.from_pylist(pasted, schema=schemas.pasted.SCHEMA)

@@ -15,7 +15,7 @@ from jobs.stages.batches import as_batch
 
 
 def test_decode_stage_keeps_every_row_and_explains_failures():
-    good = codec.encode_png(synthetic_face(0, 300))
+    good = codec.encode(synthetic_face(0, 300))
     batch = {
         "source_uri": np.array(["a.png", "b.png", "c.png"]),
         "image_id": np.array(["1", "2", "3"]),

@@ -1,4 +1,4 @@
-"""Decoding with limits: every rejection has a short reason, odd formats become RGB uint8."""
+"""Decoding with limits: every rejection has a short reason, odd formats become RGB uint8; encoding as asked."""
 
 import io
 
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codeformer_core.codec import decode_image, encode_png
+from codeformer_core.codec import Encoding, decode_image, encode
+from codeformer_core.samples import synthetic_face
 from tests.helpers import decode_png
 
 
@@ -81,4 +82,19 @@ def test_each_format_decodes_to_rgb(ext):
 
 def test_png_round_trip_is_lossless():
     rgb = np.random.default_rng(0).integers(0, 256, (32, 24, 3), dtype=np.uint8)
-    assert np.array_equal(decode_png(encode_png(rgb)), rgb)
+    assert np.array_equal(decode_png(encode(rgb)), rgb)
+
+
+@pytest.mark.parametrize("image_format", ["jpeg", "webp"])
+def test_lossy_formats_keep_a_face_close_and_smaller_at_a_lower_quality(image_format):
+    face = synthetic_face(4)  # textured, as faces are: PNG cannot shrink it much
+    high, low = encode(face, Encoding(image_format, 95)), encode(face, Encoding(image_format, 40))
+    assert len(low) < len(high) < len(encode(face)) / 3
+    assert np.abs(decode_png(high).astype(int) - face).mean() < 3
+
+
+def test_an_encoding_outside_the_formats_or_qualities_is_refused():
+    with pytest.raises(ValueError, match="image format"):
+        Encoding("gif")
+    with pytest.raises(ValueError, match="quality"):
+        Encoding("jpeg", 0)
