@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from facexlib.recognition.arcface_arch import Backbone
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -297,3 +298,20 @@ def test_landmark_distance_of_restorations_uses_the_detectors_best_face():
     assert landmark_distances(finds, faces, faces) == [0.0, 0.0]
     blind = Detector.from_weights(DetectConfig(conf_threshold=1.01), torch.device("cpu"), synthetic_seed=1)
     assert all(math.isnan(v) for v in landmark_distances(blind, faces, faces))
+
+
+def test_shifted_sums_give_conv2d_results_to_the_last_bits():
+    """The filters sum shifted slices instead of calling conv2d (no fast float64 kernel anywhere):
+    the recorded float64 values must not move beyond rounding in the last place."""
+    images = torch.rand(3, 2, 41, 37, dtype=torch.float64) * 255
+    taps = torch.rand(7, dtype=torch.float64)
+    n, c, h, w = images.shape
+    planes = F.conv2d(F.conv2d(images.reshape(n * c, 1, h, w), taps.view(1, 1, -1, 1)), taps.view(1, 1, 1, -1))
+    torch.testing.assert_close(metrics._separable_filter(images, taps), planes.reshape(n, c, *planes.shape[-2:]), rtol=1e-15, atol=1e-12)
+    for rows in (metrics.LAPLACIAN, metrics.IMMERKAER):
+        expected = F.conv2d(images[:, :1], torch.tensor(rows, dtype=torch.float64)[None, None])[:, 0]
+        torch.testing.assert_close(metrics._valid_filter(images[:, 0], rows), expected, rtol=1e-15, atol=1e-12)
+    half = torch.tensor(metrics.MATLAB_HALF_KERNEL + metrics.MATLAB_HALF_KERNEL[::-1], dtype=torch.float64)
+    strided = F.conv2d(F.conv2d(images[:, :1], half.view(1, 1, -1, 1), stride=(2, 1)), half.view(1, 1, 1, -1), stride=(1, 2))
+    ours = metrics._shifted_sum(metrics._shifted_sum(images[:, :1], half.tolist(), -2, stride=2), half.tolist(), -1, stride=2)
+    torch.testing.assert_close(ours, strided, rtol=1e-15, atol=1e-12)
