@@ -77,11 +77,12 @@ def build(source, stages: list[Stage], place: Placement, block: int) -> Plan:
             ((fn, args),) = s.parts
             ds = ds.map_batches(fn, fn_kwargs=dict(args), num_cpus=resources.TASK_CPUS, **common)
         else:
-            pools[name(s)] = place.pool(s.kind)
+            called = name(s)
+            pools[called] = place.pool(s.kind)
             ds = ds.map_batches(
-                type(name(s), (Actor,), {}),
+                type(called, (Actor,), {}),
                 fn_constructor_kwargs={"parts": s.parts, "kind": s.kind, "device": place.device, "per_node": place.workers_per_node(s.kind), "threads": place.threads},
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pools[name(s)]),
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pools[called]),
                 num_cpus=actor_cpus,
                 num_gpus=share,
                 **common,
@@ -98,8 +99,7 @@ def busy_seconds(plan: Plan) -> dict[str, tuple[float, float]]:
         summaries = [plan.dataset.get_stats_summary()]
     except Exception:  # stats only inform the summary: a run that committed its work is not failed for them
         return {}
-    found = {}
-    operators = []
+    found, operators = {}, []
     while summaries:  # the last operator's stats, and its inputs' as parents
         summary = summaries.pop()
         operators += summary.operators_stats

@@ -12,10 +12,9 @@ Videos (mp4, mov, avi, mkv, webm) are listed next to images; every frame is rest
 --every-n-frames or --fps says otherwise, and a video is cut into segments of --segment-frames
 that run side by side.
 Output is Parquet tables under --output: images/ (one row per input, with a status; one per
-segment of a video), faces/ (one row per restored face, its crops as
---image-format says, and lineage), frames/ (one row
-per kept frame of a video), tracks/ and face_tracks/ (faces followed through each video), with
---paste pasted/, and with --write-video videos/<image_id>.mp4. Running the same
+segment of a video), faces/ (one row per restored face, its crops as --image-format says, and
+lineage), frames/ (one row per kept frame of a video), tracks/ and face_tracks/ (faces followed
+through each video), with --paste pasted/, and with --write-video videos/<image_id>.mp4. Running the same
 command again after a crash finishes the output without duplicating rows; a finished output is
 left as it is.
 """
@@ -168,8 +167,7 @@ def stages(common: Common, cfg: RestoreConfig, ctx: Context) -> list[Stage]:
         found.append(stage(models.PasteFaces, MODEL, upscale=cfg.upscale, parse=cfg.parse, weights_dir=common.weights_dir, synthetic=ctx.synthetic,
                            device=ctx.place.device, upsampler=cfg.upsampler, background=cfg.upsample_background, faces=cfg.upsample_faces,
                            encoding=cfg.encoding))
-    encoded = stage(models.encode_faces, columns=("crops", "restored") if cfg.input_crop else ("restored",), encoding=cfg.encoding,
-                    drop=("pixels",) if cfg.input_crop else ("pixels", "crops"))
+    encoded = stage(models.encode_faces, columns=("crops", "restored") if cfg.input_crop else ("restored",), encoding=cfg.encoding)
     return found + [encoded, stage(write_restored, output=common.output, run=ctx.record, encoding=cfg.encoding)]
 
 

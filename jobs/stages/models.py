@@ -124,7 +124,11 @@ class PasteFaces:
         return table(batch, pasted=pasted)
 
 
-def encode_faces(batch: Batch, columns: tuple[str, ...], encoding: Encoding = PNG, drop: tuple[str, ...] = ("pixels",)) -> pa.Table:
-    """The raw faces of `columns` as image files; the columns `drop` are dropped (by default the whole
-    images' pixels: nothing after needs them)."""
+RAW_FACES = ("crops", "restored")  # columns of raw 512x512 faces
+
+
+def encode_faces(batch: Batch, columns: tuple[str, ...], encoding: Encoding = PNG) -> pa.Table:
+    """The raw faces of `columns` as image files; the whole images' pixels and the raw faces not
+    encoded are dropped (nothing after needs them)."""
+    drop = ("pixels", *(c for c in RAW_FACES if c not in columns))
     return table(batch, drop=drop, **{c: [[codec.encode(face_of(b), encoding) for b in faces] for faces in batch[c]] for c in columns})
