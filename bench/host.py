@@ -3,9 +3,11 @@
 What a GPU node's CPUs must do around the networks: each job's own stages (jobs/*.py `stages`),
 built as the job builds them and run one after the other in this one process, with one thread
 (torch and OpenCV), on generated 512x512 aligned faces stored as JPEG q95 files. Each stage's
-figure is its process CPU time per face, including the conversion of its output into the numpy
-batch the next stage gets (what Ray Data does between stages); the last row is their sum.
+figure is its process CPU time per face, including the conversion of the columns it reads into
+numpy (as Ray Data hands them on) and of its output into Arrow. The shard's commit (its staged
+pieces merged into its files) is the last stage; the total is their sum.
 
+The process runs with the environment the jobs give Ray's workers (jobs/resources.py WORKER_ENV).
 Device work is replaced by zero-cost stand-ins, used only here: CodeFormer hands its input back,
 and the measures (no-reference metrics, ArcFace) only stack the faces into the buffer a GPU
 node copies to its device and give zeros; the detector's network runs once per input shape. On a
@@ -13,19 +15,21 @@ GPU node the arithmetic they skip is the GPU's; on a CPU-only node it is host wo
 metrics' share of it is measured on its own below. Ray's scheduling is not in these figures:
 bench/pipeline.py measures the whole job through Ray, and the model stage's busy fraction.
 
-    python bench/host.py [--faces 64] [--batch-size 16]
+    python bench/host.py [--faces 256] [--batch-size 64] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import cv2
@@ -34,13 +38,14 @@ import pyarrow as pa
 import torch
 
 from codeformer_core import align, codec, metrics, paste, video
+from codeformer_core.restore import MAX_AUTO_BATCH
 from codeformer_core.samples import synthetic_face
-from jobs import audit, driver, restore, runner
+from jobs import audit, driver, ledger, resources, restore, runner
 from jobs.lock import OutputLock
 from jobs.pipeline import Context
 from jobs.resources import Placement
 from jobs.stages import front, models
-from jobs.stages.batches import as_batch
+from jobs.stages.batches import Block
 
 FACES_AT = 500  # faces per second of one GPU: the target the cores are counted for
 
@@ -94,16 +99,17 @@ def write_inputs(folder: Path, faces: int) -> None:
         (folder / f"face_{seed:05d}.jpg").write_bytes(cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
 
 
-def next_batch(out: object) -> dict:
-    """A stage's output as the numpy batch the next stage gets: from a table, from the tables a
-    generator yields (decode_inputs), or a writer's batch of counts as it is."""
+def next_batch(out: object) -> Mapping:
+    """A stage's output as the next stage gets it: a Block of a table or of the tables a generator
+    yields (decode_inputs), or a writer's batch of counts as it is."""
     if isinstance(out, dict):
         return out
-    return as_batch(out if isinstance(out, pa.Table) else pa.concat_tables(list(out)))
+    return Block(out if isinstance(out, pa.Table) else pa.concat_tables(list(out)))
 
 
-def stage_costs(job, argv: list[str], faces: int, batch_size: int) -> dict[str, float]:
-    """Core-ms per face of each of `job`'s stages run with `argv`, over one shard of `faces` inputs."""
+def stage_costs(job, argv: list[str], faces: int, batch_size: int, repeats: int) -> dict[str, float]:
+    """Core-ms per face of each of `job`'s stages run with `argv` over one shard of `faces` inputs:
+    the median of `repeats` passes over the shard."""
     args = driver.build_parser(job).parse_args([*argv, "--synthetic-weights", "--batch-size", str(batch_size), "--shard-size", str(faces)])
     common = driver.Common.from_args(args)
     cfg = job.configure(args, common)
@@ -116,16 +122,35 @@ def stage_costs(job, argv: list[str], faces: int, batch_size: int) -> dict[str, 
         calls = [stand_ins(fn(**a)) if isinstance(fn, type) else functools.partial(fn, **a) for fn, a in parts]
         names = [fn.__name__ for fn, _ in parts]
         (table,) = runner.read_shard(common.output, 0, False)
-        spent = dict.fromkeys(names, 0.0)
-        for start in range(0, table.num_rows, batch_size):
-            batch = as_batch(table.slice(start, batch_size))
-            for name, call in zip(names, calls):
-                t = time.process_time()
-                batch = next_batch(call(batch))
-                spent[name] += time.process_time() - t
+        passes = []
+        for attempt in range(repeats):
+            spent, written = dict.fromkeys([*names, "commit"], 0.0), []
+            for start in range(0, table.num_rows, batch_size):
+                batch = Block(table.slice(start, batch_size))
+                for name, call in zip(names, calls):
+                    t = time.process_time()
+                    batch = next_batch(call(batch))
+                    spent[name] += time.process_time() - t
+                written.append(batch)
+            t = time.process_time()
+            commit_staged(common.output, written, f"pass {attempt}")
+            spent["commit"] = time.process_time() - t
+            passes.append(spent)
     finally:
         lock.release()
-    return {name: 1000 * s / faces for name, s in spent.items()}
+    return {name: 1000 * statistics.median(p[name] for p in passes) / faces for name in passes[0]}
+
+
+def commit_staged(output: str, written: list[Mapping], digest: str) -> None:
+    """The shard's commit, as the runner starts it from the writer's counts: its staged pieces into
+    its files. Each pass commits under a digest of its own, so that its commit is done again."""
+    pieces = [(json.loads(f), json.loads(w), json.loads(r)) for b in written for f, w, r in zip(b["first"], b["written"], b["rows"])]
+    statuses = Counter()
+    for b in written:
+        for counts in b["statuses"]:
+            statuses.update(json.loads(counts))
+    inputs, items = (sum(int(x) for b in written for x in b[k]) for k in ("inputs", "items"))
+    ledger.commit_shard(output, 0, digest, pieces, inputs, dict(statuses), items)
 
 
 def per_call_ms(fn: Callable[[], object], repeat: int = 5) -> float:
@@ -176,9 +201,15 @@ RUNS = {
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--faces", type=int, default=64, help="faces per job run (default 64)")
-    p.add_argument("--batch-size", type=int, default=16, help="rows per batch, as --batch-size (default 16)")
+    p.add_argument("--faces", type=int, default=256, help="faces per job run (default 256)")
+    p.add_argument(
+        "--batch-size", type=int, default=MAX_AUTO_BATCH["cuda"],
+        help=f"rows per batch, as --batch-size (default {MAX_AUTO_BATCH['cuda']}, the jobs' batch on a GPU node)",
+    )
+    p.add_argument("--repeats", type=int, default=5, help="passes over the faces; each stage's figure is their median (default 5)")
     args = p.parse_args()
+    if any(os.environ.get(k) != v for k, v in resources.WORKER_ENV.items()):  # malloc reads it at start: run again with it
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **resources.WORKER_ENV})
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     os.environ.setdefault("RAY_ADDRESS", "")
@@ -187,9 +218,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "in"
         write_inputs(folder, args.faces)
-        runs = {label: stage_costs(job, [*argv, "--input", str(folder), "--output", str(Path(tmp) / f"out{i}")], args.faces, args.batch_size)
+        runs = {label: stage_costs(job, [*argv, "--input", str(folder), "--output", str(Path(tmp) / f"out{i}")], args.faces, args.batch_size, args.repeats)
                 for i, (label, (job, argv)) in enumerate(RUNS.items())}
-    print(f"{args.faces} aligned 512x512 faces (JPEG q95 inputs), batches of {args.batch_size}, one core; torch {torch.__version__}, OpenCV {cv2.__version__}")
+    print(f"{args.faces} aligned 512x512 faces (JPEG q95 inputs), batches of {args.batch_size}, median of {args.repeats} passes, one core; torch {torch.__version__}, OpenCV {cv2.__version__}")
     for label, costs in runs.items():
         total = sum(costs.values())
         print(f"\n{label}: {total:.1f} core-ms per face, {total * FACES_AT / 1000:.1f} cores for {FACES_AT} faces/s")

@@ -18,9 +18,10 @@ PNG_COMPRESSION = 1
 FORMATS = ("png", "jpeg", "webp")
 SUFFIXES = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
-# cv2 with IMREAD_COLOR applies EXIF orientation, turns grey into 3 channels and drops alpha
-# (as the official inference does); IMREAD_ANYDEPTH keeps 16-bit samples for exact scaling.
-_IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
+# cv2 with IMREAD_COLOR_RGB applies EXIF orientation, turns grey into 3 channels and drops alpha
+# (as the official inference's IMREAD_COLOR does), in RGB order straight from the decoder;
+# IMREAD_ANYDEPTH keeps 16-bit samples for exact scaling.
+_IMREAD_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_ANYDEPTH
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,13 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
             TOO_LARGE, error=f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
             width=width, height=height,
         )
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _IMREAD_FLAGS)
-    if pixels is None or pixels.size == 0:
+    rgb = cv2.imdecode(np.frombuffer(data, np.uint8), _IMREAD_FLAGS)
+    if rgb is None or rgb.size == 0:
         return Decoded(DECODE_ERROR, error="image data is corrupt or truncated", width=width, height=height)
-    if pixels.dtype == np.uint16:
-        pixels = ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    elif pixels.dtype != np.uint8:
-        return Decoded(DECODE_ERROR, error=f"unsupported sample type {pixels.dtype}", width=width, height=height)
-    rgb = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+    if rgb.dtype == np.uint16:
+        rgb = ((rgb.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    elif rgb.dtype != np.uint8:
+        return Decoded(DECODE_ERROR, error=f"unsupported sample type {rgb.dtype}", width=width, height=height)
     return Decoded(OK, rgb=rgb, width=rgb.shape[1], height=rgb.shape[0])
 
 

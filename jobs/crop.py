@@ -31,10 +31,10 @@ def crop_tables(batch, run: dict) -> tuple[ledger.Tables, ledger.Files]:
     rows = [
         {"image_id": str(i), "source_uri": str(u), "face_index": k, "landmarks": clean(lm[k]) if lm is not None else None,
          "affine": clean(affine[k]), "crop": {"bytes": crop, "path": f"{i}_{k}.png"}}
-        for i, u, lm, affine, crops in zip(batch["image_id"], batch["source_uri"], landmarks, batch["affine"], batch["crops"])
+        for i, u, lm, affine, crops in zip(batch["image_id"], batch["source_uri"], landmarks, batch["affine"], batch["encoded_crops"])
         for k, crop in enumerate(crops)
     ]
-    faces = [len(c) for c in batch["crops"]]
+    faces = [len(c) for c in batch["encoded_crops"]]
     images = ledger.images_table(batch, schemas.crop_images.SCHEMA, num_faces=faces, code_version=[run["code_version"]] * len(faces))
     return {"images": images, "crops": pa.Table.from_pylist(rows, schema=schemas.crops.SCHEMA)}, {}
 

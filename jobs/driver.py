@@ -153,11 +153,12 @@ def start_ray(common: Common) -> None:
     if ray.is_initialized():  # started to probe videos while listing
         return
     address = cluster_address(common)
+    workers = {"env_vars": resources.WORKER_ENV}
     if not address:
-        ray.init(address="local", include_dashboard=False, logging_level="ERROR")
+        ray.init(address="local", include_dashboard=False, logging_level="ERROR", runtime_env=workers)
     else:
         try:
-            ray.init(address=address, logging_level="ERROR")
+            ray.init(address=address, logging_level="ERROR", runtime_env=workers)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UsageError(f"cannot join the Ray cluster at {address}: {str(exc).strip().splitlines()[0]}") from None
     drop_harmless_ray_lines()

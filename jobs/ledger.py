@@ -16,6 +16,7 @@ the shards without one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io as stdio
 import json
@@ -34,7 +35,7 @@ import schemas.frames
 from codeformer_core import storage
 from codeformer_core.statuses import OK, RETRYABLE, SEGMENT_DONE
 from jobs.listing import Listing
-from jobs.stages.batches import Batch, clean, missing
+from jobs.stages.batches import Batch, clean, missing, rows_of
 
 ROWS = "images"  # the table of every job with one row per input and its status
 MARKERS = "_shards"
@@ -46,6 +47,20 @@ ROW_GROUP_ROWS = 1000
 ROW_GROUP_BYTES = 32 << 20
 READ_THREADS = 16
 PREFETCH = 4
+
+
+@functools.lru_cache(maxsize=64)
+def parquet_options(schema: pa.Schema) -> dict:
+    """pq.write_table's options for `schema`: the binary columns hold image files, compressed
+    already, so they are stored plain; snappy and dictionaries tried on them cost 3x the write of a
+    table of PNG faces for 0.004% of its size (docs/BENCHMARKS.md). The leaf columns are named as
+    Parquet names them, from an empty file of `schema`."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), sink)
+    written = pq.ParquetFile(pa.BufferReader(sink.getvalue())).schema
+    leaves = [written.column(i) for i in range(len(written))]
+    images = {c.path for c in leaves if c.physical_type == "BYTE_ARRAY" and c.logical_type.type == "NONE"}
+    return {"use_dictionary": [c.path for c in leaves if c.path not in images], "compression": {c.path: "NONE" if c.path in images else "SNAPPY" for c in leaves}}
 
 Tables = dict[str, pa.Table]
 Files = dict[str, bytes]
@@ -149,7 +164,7 @@ def stage(batch: Batch, output: str, items: str, make: Callable[[Batch], tuple[T
     for shard, segment in np.unique(groups, axis=0):
         rows = np.flatnonzero((groups[:, 0] == shard) & (groups[:, 1] == segment))
         rows = rows[np.argsort(positions[rows], kind="stable")]
-        part = {name: np.asarray(column)[rows] for name, column in batch.items()}
+        part = rows_of(batch, rows.tolist())
         tables, files = make(part)
         if (frames[rows] >= 0).any():
             tables["frames"] = frames_table(part)
@@ -167,7 +182,7 @@ def stage(batch: Batch, output: str, items: str, make: Callable[[Batch], tuple[T
             if table.num_rows:
                 rel = f"{name}/{piece}.parquet"
                 with storage.output_stream(storage.join(base, rel)) as stream:
-                    pq.write_table(table, stream)
+                    pq.write_table(table, stream, **parquet_options(table.schema))
                 written.append(rel)
         for name, data in files.items():
             rel = f"{name}/{piece}.tar"
@@ -289,7 +304,7 @@ def write_parquet(tables: Iterable[pa.Table | pa.RecordBatch], output: str, stem
                 files.close()
                 written.append(f"{stem}-{len(written):03d}.parquet")
                 stream = files.enter_context(storage.output_stream(storage.join(output, written[-1])))
-                writer, size = files.enter_context(pq.ParquetWriter(stream, group[0].schema)), 0
+                writer, size = files.enter_context(pq.ParquetWriter(stream, group[0].schema, **parquet_options(group[0].schema))), 0
             rows = pa.Table.from_batches([b for t in group for b in (t.to_batches() if isinstance(t, pa.Table) else [t])], group[0].schema)
             writer.write_table(rows, row_group_size=rows.num_rows)
             size += rows.nbytes

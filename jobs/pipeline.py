@@ -11,7 +11,7 @@ import torch
 
 from jobs import resources
 from jobs.resources import MODEL, TASK, Placement
-from jobs.stages.batches import Batch, as_batch
+from jobs.stages.batches import Block
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,21 @@ class Actor:
             torch.set_num_threads(chosen)
         self.calls = [fn(**args) if isinstance(fn, type) else functools.partial(fn, **args) for fn, args in parts]
 
-    def __call__(self, batch: Batch) -> pa.Table:
+    def __call__(self, block: pa.Table) -> pa.Table:
+        batch = Block(block)
         for call in self.calls[:-1]:
-            batch = as_batch(call(batch))
+            batch = Block(call(batch))
         return self.calls[-1](batch)
+
+
+def on_blocks(fn: Callable) -> Callable:
+    """`fn`, a task stage's function, called with Ray's Arrow block as a Block."""
+
+    @functools.wraps(fn)
+    def call(block: pa.Table, **kwargs: object) -> object:
+        return fn(Block(block), **kwargs)
+
+    return call
 
 
 def name(s: Stage) -> str:
@@ -72,10 +83,10 @@ def build(source, stages: list[Stage], place: Placement, block: int) -> Plan:
     actor_cpus = place.actor_cpus([s.kind for s in stages if s.kind != TASK])
     ds, pools = source, {}
     for s, share in zip(stages, shares):
-        common = {"batch_format": "numpy", "batch_size": s.rows or block}
+        common = {"batch_format": "pyarrow", "batch_size": s.rows or block}
         if s.kind == TASK:
             ((fn, args),) = s.parts
-            ds = ds.map_batches(fn, fn_kwargs=dict(args), num_cpus=resources.TASK_CPUS, **common)
+            ds = ds.map_batches(on_blocks(fn), fn_kwargs=dict(args), num_cpus=resources.TASK_CPUS, **common)
         else:
             called = name(s)
             pools[called] = place.pool(s.kind)

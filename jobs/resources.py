@@ -19,6 +19,11 @@ TASK_CPUS = 0.2
 ACTOR_CPUS = 0.5  # at most; less where a node must also hold every other model stage's actors
 ACTOR_SHARE = 0.75  # of a node's CPUs, for the actors of all model stages together; the rest runs the tasks
 TASK, MODEL, PER_CORE = "task", "model", "per_core"  # stage kinds: a function; an actor holding a network; a single-threaded actor
+# The workers' environment. glibc hands allocations over 128 KiB to mmap and gives them back when
+# freed, so every batch's pixel buffers (a face is 768 KiB) came from fresh pages, each page a
+# fault: 0.3 core-ms a face in the decode stage alone (docs/BENCHMARKS.md). Below 64 MiB they now
+# stay in the heap, of which a worker keeps up to 128 MiB free for the next batch.
+WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from codeformer_core import align, face_metrics
 from codeformer_core.statuses import OK
 from codeformer_core.thresholds import Rule, failed
 from jobs import ledger
-from jobs.stages.batches import Batch, clean, face_of, file_stem, frame_of, table
+from jobs.stages.batches import Batch, clean, file_stem, frame_of, table
 
 THUMBNAIL_SIZE = 128
 
@@ -33,10 +33,10 @@ def thumbnail(face: np.ndarray) -> bytes:
 def thumbnails(batch: Batch) -> pa.Table:
     """`thumbnails` (and `restored_thumbnails`) of every measured face; the crops themselves are dropped."""
     ok = [str(s) == OK for s in batch["status"]]
-    small = [[thumbnail(face_of(b)) for b in c] if good else [] for c, good in zip(batch["crops"], ok)]
+    small = [[thumbnail(b) for b in c] if good else [] for c, good in zip(batch["crops"], ok)]
     extra = {}
     if "restored" in batch:
-        extra["restored_thumbnails"] = [[thumbnail(face_of(b)) for b in r] if good else [] for r, good in zip(batch["restored"], ok)]
+        extra["restored_thumbnails"] = [[thumbnail(b) for b in r] if good else [] for r, good in zip(batch["restored"], ok)]
     return table(batch, drop=("crops", "pixels"), thumbnails=small, **extra)
 
 
@@ -55,7 +55,7 @@ def face_rows(batch: Batch, rules: tuple[Rule, ...]) -> list[dict]:
     for i, image_id in enumerate(str(x) for x in batch["image_id"]):
         bbox, score = clean(batch["bbox"][i]) if "bbox" in batch else None, clean(batch["det_score"][i]) if "det_score" in batch else None
         landmarks = clean(batch["landmarks"][i]) if "landmarks" in batch else None
-        restored = batch["restored"][i] if "restored" in batch else None
+        restored = batch["encoded_restored"][i] if "encoded_restored" in batch else None
         frame, timestamp = frame_of(batch, i)
         stem = file_stem(image_id, frame)
         for k, text in enumerate(batch["measures"][i]):

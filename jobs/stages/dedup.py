@@ -18,7 +18,7 @@ from codeformer_core.restore import ieee_fp32
 from codeformer_core.statuses import MEASURE_ERROR, OK
 from jobs import ledger
 from jobs.stages.audit import thumbnail
-from jobs.stages.batches import Batch, clean, face_of, short_error, statuses, table
+from jobs.stages.batches import Batch, clean, short_error, statuses, table
 
 FACE_BITS, PLACE_BITS = 12, 28  # face_id = shard << 40 | position << 12 | face_index
 
@@ -46,7 +46,7 @@ class EmbedFaces:
     def __call__(self, batch: Batch) -> pa.Table:
         status, error = statuses(batch)
         todo = [(i, k) for i, crops in enumerate(batch["crops"]) if status[i] == OK for k in range(len(crops))]
-        faces = [face_of(batch["crops"][i][k]) for i, k in todo]
+        faces = [batch["crops"][i][k] for i, k in todo]
         out = {name: [[] for _ in status] for name in ("embeddings", "phashes", "sharpness", "thumbnails")}
         try:
             embedded, sharp = [], []

@@ -14,10 +14,11 @@ from codeformer_core import align, codec, gray, inputs, storage, video
 from codeformer_core.http import HttpConfig, fetch_all
 from codeformer_core.detect import DetectConfig, Detector
 from codeformer_core.statuses import BAD_LANDMARKS, DECODE_ERROR, DETECT_ERROR, NO_FACE, OK, READ_ERROR, SEGMENT_DONE, TOO_LARGE, UNAVAILABLE
-from jobs.stages.batches import Batch, clean, image_of, short_error, statuses, table
+from jobs.stages.batches import Batch, clean, image_of, rows_of, short_error, statuses, table
 
 
 READ_THREADS = 16  # reads of one batch in flight at once: object stores answer each in tens of ms or more
+_READERS = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="read")  # one per worker process: its threads serve every batch
 
 
 def read_images(batch: Batch, attempts: int, http: HttpConfig) -> pa.Table:
@@ -46,9 +47,8 @@ def read_images(batch: Batch, attempts: int, http: HttpConfig) -> pa.Table:
     todo = [i for i in range(n) if given[i] is None and segments[i] is None]
     web = [i for i in todo if inputs.is_http(str(batch["source_uri"][i]))]
     files = [i for i in todo if not inputs.is_http(str(batch["source_uri"][i]))]
-    with ThreadPoolExecutor(min(READ_THREADS, max(len(files), 1))) as pool:
-        for i, (d, st, err) in zip(files, pool.map(read, files)):
-            data[i], status[i], error[i] = d, st, err
+    for i, (d, st, err) in zip(files, _READERS.map(read, files)):
+        data[i], status[i], error[i] = d, st, err
     for i, got in zip(web, fetch_all([str(batch["source_uri"][i]) for i in web], http)):
         data[i], status[i], error[i] = got.data, got.status, got.error
     return table(batch, drop=LOCATION, data=data, status=status, error=error)
@@ -78,7 +78,7 @@ def pixel_columns(rgb: np.ndarray | None, aligned: bool, gray_test: bool) -> dic
     """A decoded image's (or frame's) pixel columns: the whole image, or with `aligned` its one face."""
     h, w = (None, None) if rgb is None else rgb.shape[:2]
     if aligned:
-        columns = {"pixels": None, "crops": [] if rgb is None else [align.as_aligned_face(rgb).tobytes()],
+        columns = {"pixels": None, "crops": [] if rgb is None else align.as_aligned_face(rgb)[None],
                    "affine": [] if rgb is None else [align.resize_affine(w, h).reshape(-1).tolist()]}
     else:
         columns = {"pixels": None if rgb is None else rgb.tobytes()}
@@ -96,7 +96,7 @@ def decode_inputs(batch: Batch, max_pixels: int, aligned: bool, sampling: video.
     cells = [clean(c) for c in batch["video"]]
     images = [i for i, c in enumerate(cells) if c is None]
     if images:
-        decoded = decode_images({k: np.asarray(v)[images] for k, v in batch.items()}, max_pixels, aligned, gray_test)
+        decoded = decode_images(batch if len(images) == len(cells) else rows_of(batch, images), max_pixels, aligned, gray_test)
         yield decoded.append_column("frame_index", pa.nulls(decoded.num_rows, pa.int64())).append_column(
             "timestamp", pa.nulls(decoded.num_rows, pa.float64())).append_column("segment_rows", pa.nulls(decoded.num_rows, pa.int64()))
     for i, cell in enumerate(cells):
@@ -186,7 +186,7 @@ def align_faces(batch: Batch) -> pa.Table:
                 image = image_of(batch["pixels"][i], w, h)
                 for lm in points:
                     affine = align.estimate_affine(lm)
-                    faces.append(align.warp_face(image, affine).tobytes())
+                    faces.append(align.warp_face(image, affine))
                     mats.append(affine.reshape(-1).tolist())
         crops.append(faces)
         affines.append(mats)

@@ -17,7 +17,7 @@ from codeformer_core.parsing import FaceParser
 from codeformer_core.restore import Restorer, Speed, ieee_fp32
 from codeformer_core.upsample import Upsampler
 from codeformer_core.statuses import MEASURE_ERROR, OK, RESTORE_ERROR
-from jobs.stages.batches import Batch, face_of, image_of, missing, short_error, statuses, table
+from jobs.stages.batches import FACES, Batch, clean, image_of, missing, short_error, statuses, table
 
 
 class RestoreFaces:
@@ -31,17 +31,18 @@ class RestoreFaces:
         self.fidelity = fidelity
 
     def __call__(self, batch: Batch) -> pa.Table:
-        crops = [list(c) for c in batch["crops"]]
+        crops = batch["crops"]
         status, error = statuses(batch)
         try:
-            restored = iter(self.restorer.restore([face_of(b) for faces in crops for b in faces], self.fidelity))
-            grey = batch["is_gray"] if "is_gray" in batch else [False] * len(crops)
-            nested = [[(gray.gray_restored(next(restored), face_of(b)) if grey[i] else next(restored)).tobytes() for b in faces]
-                      for i, faces in enumerate(crops)]
+            restored = self.restorer.restore([face for faces in crops for face in faces], self.fidelity)
+            nested = np.split(restored, np.cumsum([len(faces) for faces in crops])[:-1])
+            for i, grey in enumerate(batch["is_gray"] if "is_gray" in batch else []):
+                if clean(grey):
+                    nested[i] = [gray.gray_restored(out, face) for out, face in zip(nested[i], crops[i])]
         except Exception as exc:  # a failed forward (e.g. out of memory) fails its rows, not the job
             nested = [[] for _ in crops]
             for i, faces in enumerate(crops):
-                if faces:
+                if len(faces):
                     status[i], error[i] = RESTORE_ERROR, short_error(exc)
         return table(batch, status=status, error=error, restored=nested)
 
@@ -62,11 +63,11 @@ class MeasureFaces:
         status, error = statuses(batch)
         has_restored = "restored" in batch
         todo = [(i, k) for i, crops in enumerate(batch["crops"]) if status[i] == OK for k in range(len(crops))]
-        faces = [face_of(batch["crops"][i][k]) for i, k in todo]
-        restored = [face_of(batch["restored"][i][k]) for i, k in todo] if has_restored else None
+        faces = [batch["crops"][i][k] for i, k in todo]
+        restored = [batch["restored"][i][k] for i, k in todo] if has_restored else None
         measures: list[list[str]] = [[] for _ in status]
+        extra: dict[str, list] = {}
         embeddings: list[list] = [[] for _ in status]
-        crops, outs = [list(c) for c in batch["crops"]], [list(r) for r in batch["restored"]] if has_restored else None
         # a job that takes videos keeps the restored faces' embeddings of frames: their tracks compare consecutive ones
         frames = "frame_index" in batch and has_restored and self.arcface is not None
         try:
@@ -80,14 +81,13 @@ class MeasureFaces:
                 if embedding is not None and not missing(batch["frame_index"][i]):
                     embeddings[i].append(embedding.tolist())
                 measures[i].append(json.dumps(values))
-        except Exception as exc:  # e.g. out of device memory: these images fail, the job goes on
-            for i in {i for i, _ in todo}:
-                status[i], error[i], measures[i], crops[i], embeddings[i] = MEASURE_ERROR, short_error(exc), [], [], []
-                if outs is not None:
-                    outs[i] = []
-        extra = {"restored": outs} if outs is not None else {}
+        except Exception as exc:  # e.g. out of device memory: these images fail, the job goes on, their faces dropped
+            failed = {i for i, _ in todo}
+            for i in failed:
+                status[i], error[i], measures[i], embeddings[i] = MEASURE_ERROR, short_error(exc), [], []
+            extra = {c: [[] if i in failed else faces for i, faces in enumerate(batch[c])] for c in FACES if c in batch}
         extra |= {"restored_embeddings": embeddings} if frames else {}
-        return table(batch, status=status, error=error, measures=measures, crops=crops, **extra)
+        return table(batch, status=status, error=error, measures=measures, **extra)
 
 
 class PasteFaces:
@@ -114,7 +114,7 @@ class PasteFaces:
                 pasted.append(None)
                 continue
             image = image_of(batch["pixels"][i], batch["width"][i], batch["height"][i])
-            faces = [face_of(f) for f in restored]
+            faces = list(restored)
             if self.faces:
                 faces = [self.upsampler.upsample(f) for f in faces]
             affines = [np.asarray(a, dtype=np.float64).reshape(2, 3) for a in batch["affine"][i]]
@@ -124,11 +124,8 @@ class PasteFaces:
         return table(batch, pasted=pasted)
 
 
-RAW_FACES = ("crops", "restored")  # columns of raw 512x512 faces
-
-
 def encode_faces(batch: Batch, columns: tuple[str, ...], encoding: Encoding = PNG) -> pa.Table:
-    """The raw faces of `columns` as image files; the whole images' pixels and the raw faces not
-    encoded are dropped (nothing after needs them)."""
-    drop = ("pixels", *(c for c in RAW_FACES if c not in columns))
-    return table(batch, drop=drop, **{c: [[codec.encode(face_of(b), encoding) for b in faces] for faces in batch[c]] for c in columns})
+    """The raw faces of `columns` as image files, in `encoded_<column>`; the whole images' pixels
+    and the raw faces are dropped (nothing after needs them)."""
+    encoded = {f"encoded_{c}": [[codec.encode(face, encoding) for face in faces] for faces in batch[c]] for c in columns}
+    return table(batch, drop=("pixels", *FACES), **encoded)

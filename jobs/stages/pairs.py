@@ -17,7 +17,7 @@ from codeformer_core import codec, degrade
 from codeformer_core.degrade import DegradeConfig
 from codeformer_core.statuses import DEGRADE_ERROR, OK
 from jobs import ledger
-from jobs.stages.batches import Batch, clean, face_of, file_stem, frame_of, short_error, statuses
+from jobs.stages.batches import Batch, clean, file_stem, frame_of, short_error, statuses
 
 LQ_TYPES = {"hq_png": pa.list_(pa.binary()), "lq_png": pa.list_(pa.binary()), "pair_rows": pa.list_(pa.string())}
 
@@ -47,7 +47,7 @@ class MakePairs:
             chunk = todo[start : start + self.batch_size]
             try:
                 images = degrade.degrade(
-                    [face_of(batch["crops"][i][k]) for i, k, *_ in chunk], [t[4] for t in chunk], self.device
+                    [batch["crops"][i][k] for i, k, *_ in chunk], [t[4] for t in chunk], self.device
                 )
                 lq.update({(i, k, p): codec.encode(image) for (i, k, p, *_), image in zip(chunk, images)})
             except Exception as exc:  # e.g. out of device memory: these images fail, the job goes on
@@ -56,7 +56,7 @@ class MakePairs:
         hq_png, lq_png, rows = [], [], []
         for i, faces in enumerate(batch["crops"]):
             ok = status[i] == OK
-            hq_png.append([codec.encode(face_of(f)) for f in faces] if ok else [])
+            hq_png.append([codec.encode(f) for f in faces] if ok else [])
             mine = [t for t in todo if t[0] == i] if ok else []
             lq_png.append([lq[(i, k, p)] for i, k, p, *_ in mine])
             rows.append([json.dumps({"face_index": k, "pair_index": p, "pair_seed": s, **params.to_row()}) for _, k, p, s, params in mine])

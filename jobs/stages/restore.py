@@ -17,17 +17,17 @@ from jobs.stages.batches import Batch, clean, file_stem, frame_of, missing
 
 
 def face_rows(batch: Batch, encoding: Encoding) -> list[dict]:
-    """With `crops` in the batch (encoded), `input_crop` is written; else it is null (--no-input-crop)."""
+    """With `encoded_crops` in the batch, `input_crop` is written; else it is null (--no-input-crop)."""
     rows = []
     for i, image_id in enumerate(str(x) for x in batch["image_id"]):
         uri = str(batch["source_uri"][i])
         bbox, score = clean(batch["bbox"][i]) if "bbox" in batch else None, clean(batch["det_score"][i]) if "det_score" in batch else None
         landmarks = clean(batch["landmarks"][i]) if "landmarks" in batch else None
-        measures = [json.loads(m) for m in batch["measures"][i]] if "measures" in batch else [{} for _ in batch["restored"][i]]
+        measures = [json.loads(m) for m in batch["measures"][i]] if "measures" in batch else [{} for _ in batch["encoded_restored"][i]]
         frame, timestamp = frame_of(batch, i)
         stem = file_stem(image_id, frame)
-        crops = batch["crops"][i] if "crops" in batch else None
-        for k, out in enumerate(batch["restored"][i]):
+        crops = batch["encoded_crops"][i] if "encoded_crops" in batch else None
+        for k, out in enumerate(batch["encoded_restored"][i]):
             rows.append(
                 {
                     "image_id": image_id,
@@ -61,7 +61,7 @@ def restored_tables(batch: Batch, run: dict, encoding: Encoding) -> tuple[ledger
     lineage |= {"weights_synthetic": [run["weights_synthetic"]] * n, "fidelity": [run["fidelity"]] * n}
     tables = {
         "images": ledger.images_table(
-            batch, schemas.images.SCHEMA, num_faces=[len(r) for r in batch["restored"]], is_gray=[clean(g) for g in batch["is_gray"]], **lineage
+            batch, schemas.images.SCHEMA, num_faces=[len(r) for r in batch["encoded_restored"]], is_gray=[clean(g) for g in batch["is_gray"]], **lineage
         ),
         "faces": pa.Table.from_pylist(faces, schema=schemas.faces.SCHEMA),
     }

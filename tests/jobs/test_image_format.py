@@ -13,7 +13,7 @@ import pytest
 import schemas.faces
 from codeformer_core.codec import FORMATS, Encoding
 from codeformer_core.samples import synthetic_face
-from jobs.stages.batches import as_batch, table
+from jobs.stages.batches import Block, table
 from jobs.stages.restore import restored_tables
 from tests.jobs.conftest import job_env, run_job
 
@@ -23,12 +23,12 @@ RUN = {"code_version": "test", "weights_sha256": "0" * 64, "weights_synthetic": 
 def one_face_batch(encoding: Encoding, input_crop: bool) -> dict:
     """The writer's input for one image with one face, its crops encoded as `encoding` says."""
     restored, crop = synthetic_face(1, degrade=False), synthetic_face(1)
-    encoded = {"restored": [[cv2.imencode(f".{encoding.suffix}", cv2.cvtColor(restored, cv2.COLOR_RGB2BGR))[1].tobytes()]]}
+    encoded = {"encoded_restored": [[cv2.imencode(f".{encoding.suffix}", cv2.cvtColor(restored, cv2.COLOR_RGB2BGR))[1].tobytes()]]}
     if input_crop:
-        encoded["crops"] = [[cv2.imencode(f".{encoding.suffix}", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))[1].tobytes()]]
+        encoded["encoded_crops"] = [[cv2.imencode(f".{encoding.suffix}", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))[1].tobytes()]]
     batch = {"image_id": ["img"], "source_uri": ["/in/img.png"], "status": ["ok"], "error": [None], "width": [512], "height": [512],
              "kept": [None], "is_gray": [False], "affine": [[[1.0, 0, 0, 0, 1.0, 0]]], **encoded}
-    return as_batch(table(batch))
+    return Block(table(batch))
 
 
 @pytest.mark.parametrize("image_format", FORMATS)

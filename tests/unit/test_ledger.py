@@ -265,3 +265,24 @@ def test_a_segment_counts_once_all_its_rows_have_come_out_in_any_order(tmp_path)
     frames = pq.read_table(tmp_path / "frames").sort_by("frame_index").to_pylist()
     assert [(f["frame_index"], f["segment"], f["num_faces"]) for f in frames] == [(250, 1, 1), (251, 1, 1), (252, 1, 1)]
     assert marker["statuses"] == {"ok": 2} and marker["inputs"] == 2
+
+
+def test_image_bytes_are_stored_plain_and_every_other_column_compressed():
+    import schemas.faces
+
+    face = {"bytes": bytes(range(256)) * 40, "path": "a_0.png"}
+    table = pa.Table.from_pylist(
+        [{"image_id": f"a{i}", "source_uri": f"/in/a{i}.png", "face_index": 0, "affine": [1.0, 0, 0, 0, 1.0, 0], "bbox": [0.0, 0, 9, 9],
+          "restored": face, "input_crop": face, "image_format": "png"} for i in range(3)],
+        schema=schemas.faces.SCHEMA,
+    )
+    sink = io.BytesIO()
+    pq.write_table(table, sink, **ledger.parquet_options(table.schema))
+
+    written = pq.ParquetFile(io.BytesIO(sink.getvalue()))
+    columns = {written.metadata.row_group(0).column(i).path_in_schema: written.metadata.row_group(0).column(i) for i in range(written.metadata.num_columns)}
+    plain = {path for path, c in columns.items() if c.compression == "UNCOMPRESSED"}
+    assert plain == {"restored.bytes", "input_crop.bytes"}
+    assert not any("DICT" in e for p in plain for e in columns[p].encodings)
+    assert columns["bbox.list.element"].compression == columns["image_id"].compression == "SNAPPY"
+    assert written.read().equals(table)
