@@ -12,18 +12,25 @@ import numpy as np
 
 GRAY_THRESHOLD = 10.0
 _EPS = 1e-5  # adain_npy's variance epsilon
+_BAND = 64  # rows of an image the grey test takes at a time
 
 
 def is_gray(rgb: np.ndarray, threshold: float = GRAY_THRESHOLD) -> bool:
     """Whether an (H, W, 3) uint8 image is grey by the official test: the mean of the variances of
     its channel differences (R-G, G-B, B-R), here from their exact integer sums, taken by OpenCV
-    in three passes over the image."""
-    rotated = np.empty_like(rgb)
-    cv2.mixChannels([rgb], [rotated], [1, 0, 2, 1, 0, 2])  # (G, B, R)
-    differences = cv2.subtract(rgb, rotated, dtype=cv2.CV_16S)
-    n = rgb.shape[0] * rgb.shape[1]
-    sums = [int(s) for s in cv2.sumElems(differences)[:3]]
-    squares = int(cv2.norm(differences, cv2.NORM_L2SQR))
+    in bands of rows so that the int16 differences stay in cache."""
+    h, w = rgb.shape[:2]
+    rotated = np.empty((min(_BAND, h), w, 3), np.uint8)
+    differences = np.empty((min(_BAND, h), w, 3), np.int16)
+    sums, squares = [0, 0, 0], 0
+    for top in range(0, h, _BAND):
+        band = rgb[top : top + _BAND]
+        r, d = rotated[: len(band)], differences[: len(band)]
+        cv2.mixChannels([band], [r], [1, 0, 2, 1, 0, 2])  # (G, B, R)
+        cv2.subtract(band, r, dst=d, dtype=cv2.CV_16S)
+        sums = [total + int(s) for total, s in zip(sums, cv2.sumElems(d))]
+        squares += int(cv2.norm(d, cv2.NORM_L2SQR))
+    n = h * w
     return (n * squares - sum(s * s for s in sums)) / (3 * n * n) <= threshold
 
 

@@ -52,7 +52,7 @@ PREFETCH = 4
 @functools.lru_cache(maxsize=64)
 def parquet_options(schema: pa.Schema) -> dict:
     """pq.write_table's options for `schema`: the binary columns hold image files, compressed
-    already, so they are stored plain; snappy and dictionaries tried on them cost 3x the write of a
+    already, so they are stored plain; snappy and dictionaries tried on them cost 2-3x the write of a
     table of PNG faces for 0.004% of its size (docs/BENCHMARKS.md). The leaf columns are named as
     Parquet names them, from an empty file of `schema`."""
     sink = pa.BufferOutputStream()
