@@ -26,12 +26,14 @@ def read_images(batch: Batch, attempts: int, http: HttpConfig) -> pa.Table:
     that may pass is tried `attempts` times before it is `unavailable`. Rows read already (images
     inside Parquet files, read with their shard) keep what they have; a video segment's row is left
     to decode_inputs, which streams the file."""
+    # the columns the reading threads use, made numpy here once rather than by each thread
+    uris, containers, members, sizes = (batch[k] for k in ("source_uri", "container", "member", "member_size"))
 
     def read(i: int) -> tuple[bytes, str, str | None]:
-        uri, container = str(batch["source_uri"][i]), clean(batch["container"][i])
+        uri, container = str(uris[i]), clean(containers[i])
         try:
             if container is not None:
-                return inputs.read_member(container, int(batch["member"][i]), int(batch["member_size"][i]), attempts), OK, None
+                return inputs.read_member(container, int(members[i]), int(sizes[i]), attempts), OK, None
             return storage.read_bytes(uri, attempts), OK, None
         except storage.ReadError as exc:
             return b"", UNAVAILABLE if exc.transient else READ_ERROR, str(exc)
