@@ -1,6 +1,6 @@
 """The measure stage's arithmetic per face on one device: the seven no-reference metrics of a batch
-of 512x512 faces, computed as the jobs record them (float64), the restore job measuring both the
-input and the restored face.
+of 512x512 faces, computed as the jobs do (float32 faces; see codeformer_core/metrics.py for the
+arithmetic that stays float64), the restore job measuring both the input and the restored face.
 
 Faces go to the device as uint8 and are scaled there, as measure_faces does. Printed per face:
 the device's wall milliseconds (synchronised) and the host's core-milliseconds (this process's

@@ -1,10 +1,10 @@
-"""The seven no-reference metrics in float32 against float64, the precision the tables record.
+"""The seven no-reference metrics of float32 faces (the jobs' precision) against those of the same
+faces in float64.
 
 For each metric: how many significant digits the float32 value shares with the float64 one at
-worst over the faces (-log10 of the largest relative difference), the largest absolute
-difference, and the CPU time per face of each precision on one thread. float32 is had by handing
-the metrics' arithmetic float32 images instead of float64 ones; this bench is the only place that
-does so (`metrics._float64_images` is replaced here, nowhere else).
+worst over the faces (-log10 of the largest relative difference), the largest difference as a
+share of a unit of the last digit the report's tables print (report.SIGNIFICANT_DIGITS), and the
+time per face of each precision (CPU: on one thread).
 
     python bench/metric_precision.py [--faces 32] [--device cpu]
 """
@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from codeformer_core import metrics
+from codeformer_core import metrics, report
 from codeformer_core.samples import synthetic_face
 
 
@@ -28,26 +28,16 @@ def faces_tensor(count: int, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(faces).permute(0, 3, 1, 2).to(device).float().div(255)
 
 
-def measured(x: torch.Tensor, dtype: torch.dtype, batch: int) -> tuple[dict[str, np.ndarray], float]:
-    """Every metric of `x` with the arithmetic in `dtype`, and the seconds per face it took."""
-    original = metrics._float64_images
-
-    def in_dtype(images: torch.Tensor) -> torch.Tensor:
-        return original(images).to(dtype)
-
-    metrics._float64_images = in_dtype
-    try:
-        values: dict[str, list] = {name: [] for name in metrics.NO_REFERENCE}
-        start = time.perf_counter()
-        for i in range(0, len(x), batch):
-            for name, v in metrics.no_reference(x[i : i + batch]).items():
-                values[name].append(v.double().cpu().numpy())
-        if x.device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = (time.perf_counter() - start) / len(x)
-    finally:
-        metrics._float64_images = original
-    return {name: np.concatenate(v) for name, v in values.items()}, seconds
+def measured(x: torch.Tensor, batch: int) -> tuple[dict[str, np.ndarray], float]:
+    """Every metric of `x`, in the precision of `x`, and the seconds per face it took."""
+    values: dict[str, list] = {name: [] for name in metrics.NO_REFERENCE}
+    start = time.perf_counter()
+    for i in range(0, len(x), batch):
+        for name, v in metrics.no_reference(x[i : i + batch]).items():
+            values[name].append(v.cpu().numpy())
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    return {name: np.concatenate(v) for name, v in values.items()}, (time.perf_counter() - start) / len(x)
 
 
 def main() -> None:
@@ -59,19 +49,21 @@ def main() -> None:
     torch.set_num_threads(1)
     device = torch.device(args.device)
     x = faces_tensor(args.faces, device)
-    measured(x[: args.batch], torch.float64, args.batch)  # warm-up
-    exact, t64 = measured(x, torch.float64, args.batch)
-    single, t32 = measured(x, torch.float32, args.batch)
+    measured(x[: args.batch].double(), args.batch)  # warm-up
+    measured(x[: args.batch], args.batch)
+    exact, t64 = measured(x.double(), args.batch)
+    single, t32 = measured(x, args.batch)
     print(f"{args.faces} synthetic 512x512 faces on {device}, torch {torch.__version__}; float64 {1000 * t64:.1f} ms per face, "
           f"float32 {1000 * t32:.1f} ms per face ({t64 / t32:.2f}x)")
-    print("| metric | digits float32 shares with float64 (worst face) | largest absolute difference | value range |")
+    print(f"| metric | digits float32 shares with float64 (worst face) | largest difference, share of a unit of the "
+          f"{report.SIGNIFICANT_DIGITS}th significant digit | value range |")
     print("|---|---|---|---|")
     for name in metrics.NO_REFERENCE:
         a, b = exact[name], single[name]
         relative = np.abs(a - b) / np.maximum(np.abs(a), np.finfo(np.float64).tiny)
         digits = -math.log10(relative.max()) if relative.max() > 0 else float("inf")
-        print(f"| {name} | {digits:.1f} | {np.abs(a - b).max():.2e} | {a.min():.4g} .. {a.max():.4g} |")
-
+        unit = 10.0 ** (np.floor(np.log10(np.abs(a))) + 1 - report.SIGNIFICANT_DIGITS)
+        print(f"| {name} | {digits:.1f} | {(np.abs(a - b) / unit).max():.4f} | {a.min():.4g} .. {a.max():.4g} |")
 
 if __name__ == "__main__":
     main()

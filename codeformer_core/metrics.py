@@ -1,8 +1,17 @@
 """Image quality and face metrics. Pure functions.
 
 Images are float tensors (N, 3, H, W), RGB in [0, 1], on any device. Every image metric returns a
-float64 tensor of shape (N,) on that device, computed per image in float64, so that an image's
-result does not depend on the rest of its batch.
+float64 tensor of shape (N,) on that device, computed per image, so that an image's result does
+not depend on the rest of its batch.
+
+Precision: the no-reference measures do their per-pixel arithmetic in the precision of their input,
+float64 for float64 images and float32 otherwise (the jobs' faces: half the memory traffic on a
+device, and faster CPU kernels). The tables of the audit report record four significant digits,
+and float32 keeps them: tests/unit/test_metrics.py holds each measure within a tenth of a unit of
+the fourth digit of its float64 value. Where float32 would change those digits the arithmetic stays
+float64 whatever the input: NIQE's rounded luma, local moments (E[x^2] - E[x]^2 cancels) and
+statistics, and the full-reference PSNR and SSIM (no job records them; SSIM's variances cancel the
+same way).
 
 Two lumas are used, on the 0..255 scale:
 - the Y of MATLAB's rgb2ycbcr (BT.601 studio range, 16..235) for PSNR/SSIM on "y" and for NIQE,
@@ -45,10 +54,15 @@ NIQE_PARAMS = Path(__file__).parent / "data" / "niqe_pris_params.npz"
 # from an output centre by 0.5 * cubic(d / 2): the kernel is this half and its mirror image, and sums to 1.
 MATLAB_HALF_KERNEL = (-0.01171875, -0.03515625, 0.11328125, 0.43359375)
 
-def _float64_images(x: Tensor) -> Tensor:
+def _images(x: Tensor, dtype: torch.dtype) -> Tensor:
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(x.shape)}")
-    return x.to(torch.float64)
+    return x.to(dtype)
+
+
+def _working_dtype(x: Tensor) -> torch.dtype:
+    """The no-reference measures' arithmetic: float64 for float64 images, float32 for any other."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _weighted_channels(x: Tensor, weights: tuple[float, float, float]) -> Tensor:
@@ -57,19 +71,19 @@ def _weighted_channels(x: Tensor, weights: tuple[float, float, float]) -> Tensor
 
 
 def ycbcr_y(x: Tensor) -> Tensor:
-    """(N, H, W) Y of MATLAB rgb2ycbcr on 0..255 (16..235), not rounded."""
-    return 16.0 + _weighted_channels(_float64_images(x), YCBCR_Y_WEIGHTS)
+    """(N, H, W) float64 Y of MATLAB rgb2ycbcr on 0..255 (16..235), not rounded."""
+    return 16.0 + _weighted_channels(_images(x, torch.float64), YCBCR_Y_WEIGHTS)
 
 
 def luma(x: Tensor) -> Tensor:
-    """(N, H, W) full-range BT.601 luma on 0..255."""
-    return 255.0 * _weighted_channels(_float64_images(x), LUMA_WEIGHTS)
+    """(N, H, W) full-range BT.601 luma on 0..255, in the working precision of x."""
+    return 255.0 * _weighted_channels(_images(x, _working_dtype(x)), LUMA_WEIGHTS)
 
 
 def _in_space(x: Tensor, space: str) -> Tensor:
     """(N, C, H, W) on 0..255: the three RGB channels, or the single MATLAB Y channel."""
     if space == "rgb":
-        return 255.0 * _float64_images(x)
+        return 255.0 * _images(x, torch.float64)
     if space == "y":
         return ycbcr_y(x)[:, None]
     raise ValueError(f"space must be 'rgb' or 'y', got {space!r}")
@@ -148,6 +162,16 @@ def ssim(x: Tensor, y: Tensor, space: str = "rgb") -> Tensor:
     return ssim_map.mean(dim=(1, 2, 3))
 
 
+def _total(images: Tensor) -> Tensor:
+    """(N, H, W) -> (N,) sums accumulated in float64: float32 sums of one image change in the last place
+    with how the CPU threads split them, and so with the batch's size."""
+    return images.sum(dim=(1, 2), dtype=torch.float64)
+
+
+def _mean(images: Tensor) -> Tensor:
+    return _total(images) / (images.shape[1] * images.shape[2])
+
+
 def _sharpness(lum: Tensor) -> Tensor:
     return _valid_filter(lum, LAPLACIAN).var(dim=(1, 2), correction=0)
 
@@ -155,7 +179,7 @@ def _sharpness(lum: Tensor) -> Tensor:
 def _noise_level(lum: Tensor) -> Tensor:
     residual = _valid_filter(lum, IMMERKAER).abs()
     count = residual.shape[1] * residual.shape[2]
-    return math.sqrt(math.pi / 2) / (6 * count) * residual.sum(dim=(1, 2))
+    return math.sqrt(math.pi / 2) / (6 * count) * _total(residual)
 
 
 def _blockiness(lum: Tensor) -> Tensor:
@@ -163,8 +187,8 @@ def _blockiness(lum: Tensor) -> Tensor:
     h, w = lum.shape[1:]
     across_cols = torch.arange(1, w, device=lum.device) % JPEG_BLOCK == 0
     across_rows = torch.arange(1, h, device=lum.device) % JPEG_BLOCK == 0
-    on_grid = steps[0][:, :, across_cols].sum(dim=(1, 2)) + steps[1][:, across_rows, :].sum(dim=(1, 2))
-    everywhere = steps[0].sum(dim=(1, 2)) + steps[1].sum(dim=(1, 2))
+    on_grid = _total(steps[0][:, :, across_cols]) + _total(steps[1][:, across_rows, :])
+    everywhere = _total(steps[0]) + _total(steps[1])
     n_grid = h * int(across_cols.sum()) + w * int(across_rows.sum())
     n_all = h * (w - 1) + w * (h - 1)
     eps = 1e-9
@@ -173,7 +197,7 @@ def _blockiness(lum: Tensor) -> Tensor:
 
 def sharpness(x: Tensor) -> Tensor:
     """Variance of the 3x3 Laplacian [[0,1,0],[1,-4,1],[0,1,0]] of the luma, over the valid region."""
-    return _sharpness(luma(x))
+    return _sharpness(luma(x)).double()
 
 
 def noise_level(x: Tensor) -> Tensor:
@@ -182,7 +206,7 @@ def noise_level(x: Tensor) -> Tensor:
     sigma = sqrt(pi / 2) / (6 (W - 2)(H - 2)) * sum |I * M| over the valid region,
     M = [[1, -2, 1], [-2, 4, -2], [1, -2, 1]]; no edge exclusion, so strong edges raise it a little.
     """
-    return _noise_level(luma(x))
+    return _noise_level(luma(x)).double()
 
 
 def blockiness(x: Tensor) -> Tensor:
@@ -191,27 +215,27 @@ def blockiness(x: Tensor) -> Tensor:
 
     1.0 means no blocking; it grows as JPEG quality falls. A flat image gives 1.0.
     """
-    return _blockiness(luma(x))
+    return _blockiness(luma(x)).double()
 
 
 def brightness(x: Tensor) -> Tensor:
     """Mean luma, 0..255."""
-    return luma(x).mean(dim=(1, 2))
+    return _mean(luma(x))
 
 
 def contrast(x: Tensor) -> Tensor:
     """RMS contrast: the (population) standard deviation of the luma, 0..255."""
-    return luma(x).std(dim=(1, 2), correction=0)
+    return luma(x).std(dim=(1, 2), correction=0).double()
 
 
 def colourfulness(x: Tensor) -> Tensor:
     """Hasler & Suesstrunk (2003) M on 0..255 RGB: rg = R - G, yb = (R + G) / 2 - B,
     M = sqrt(sd_rg^2 + sd_yb^2) + 0.3 sqrt(mu_rg^2 + mu_yb^2), with population standard deviations."""
-    r, g, b = (255.0 * _float64_images(x)).unbind(dim=1)
+    r, g, b = (255.0 * _images(x, _working_dtype(x))).unbind(dim=1)
     rg, yb = r - g, (r + g) / 2 - b
     spread = torch.sqrt(rg.var(dim=(1, 2), correction=0) + yb.var(dim=(1, 2), correction=0))
-    centre = torch.sqrt(rg.mean(dim=(1, 2)) ** 2 + yb.mean(dim=(1, 2)) ** 2)
-    return spread + 0.3 * centre
+    centre = torch.sqrt(_mean(rg) ** 2 + _mean(yb) ** 2)
+    return (spread + 0.3 * centre).double()
 
 
 # NIQE (Mittal, Soundararajan & Bovik 2013). The algorithm follows BasicSR's basicsr/metrics/niqe.py
@@ -260,21 +284,31 @@ def _nearest_index(table: Tensor, values: Tensor) -> Tensor:
     return torch.where(values.isnan(), 0, index)
 
 
+@functools.cache
+def _aggd_table(device: torch.device) -> tuple[Tensor, Tensor]:
+    """The tabulated AGGD shapes 0.2, 0.201, ... 10 and their r(shape), float64 on `device`."""
+    shapes = torch.as_tensor(np.arange(0.2, 10.001, 0.001), dtype=torch.float64, device=device)
+    inverse = 1 / shapes
+    return shapes, torch.exp(2 * torch.lgamma(2 * inverse) - torch.lgamma(inverse) - torch.lgamma(3 * inverse))
+
+
 def _aggd(values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Asymmetric generalised Gaussian fit (alpha, beta_left, beta_right) over the last dimension.
+    """Asymmetric generalised Gaussian fit (alpha, beta_left, beta_right) over the last dimension, in
+    float64. The sums over the values accumulate in float64 whatever the values' precision: float32
+    sums land near a midpoint between tabulated shapes often enough to move a fit by a table step
+    (0.001), which moved NIQE by up to 1.5e-5 of its value on 18 test faces.
 
     Empty sides give NaN betas, and then alpha is the first tabulated shape, 0.2, as in BasicSR.
     """
-    shapes = torch.as_tensor(np.arange(0.2, 10.001, 0.001), dtype=values.dtype, device=values.device)
-    inverse = 1 / shapes
-    r_table = torch.exp(2 * torch.lgamma(2 * inverse) - torch.lgamma(inverse) - torch.lgamma(3 * inverse))
-
+    shapes, r_table = _aggd_table(values.device)
     squares = values.square()
     left, right = values < 0, values > 0
-    left_std = ((squares * left).sum(-1) / left.sum(-1)).sqrt()
-    right_std = ((squares * right).sum(-1) / right.sum(-1)).sqrt()
+    total = squares.sum(-1, dtype=torch.float64)
+    left_squares = (squares * left).sum(-1, dtype=torch.float64)
+    left_std = (left_squares / left.sum(-1)).sqrt()
+    right_std = ((total - left_squares) / right.sum(-1)).sqrt()
     g = left_std / right_std
-    r_hat = values.abs().mean(-1) ** 2 / squares.mean(-1)
+    r_hat = values.abs().sum(-1, dtype=torch.float64) ** 2 / (total * values.shape[-1])
     r_norm = r_hat * (g**3 + 1) * (g + 1) / (g**2 + 1) ** 2
     alpha = shapes[_nearest_index(r_table, r_norm)]
     scale = _gamma_ratio(1 / alpha, 3 / alpha).sqrt()
@@ -282,7 +316,7 @@ def _aggd(values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _niqe_features(mscn: Tensor, block: int) -> Tensor:
-    """(N, 1, H, W) MSCN -> (N, blocks, 18): AGGD fits of each block and of its four neighbour products."""
+    """(N, 1, H, W) MSCN -> (N, blocks, 18) float64: AGGD fits of each block and of its four neighbour products."""
     n = mscn.shape[0]
     blocks = mscn.unfold(2, block, block).unfold(3, block, block).reshape(n, -1, block, block)
     alpha, beta_l, beta_r = _aggd(blocks.flatten(-2))
@@ -298,8 +332,9 @@ def niqe(x: Tensor) -> Tensor:
     """NIQE, lower is better, on the rounded MATLAB Y channel, 96x96 blocks without overlap (the image is
     cropped to whole blocks), no border crop, with the authors' pristine model (LIVE, UT Austin).
 
-    Computed in float64, as MATLAB does; BasicSR works in float32, which moves results by about 1e-4 on
-    textured images. Pixel-minus-local-mean differences under NIQE_ROUNDING_NOISE are set to 0, their
+    The luma, its local moments and the final statistics are float64, as in MATLAB; the sums of the block
+    fits are in the working precision, float32 for float32 images. BasicSR works wholly in float32, which
+    moves results by about 1e-4 on textured images. Pixel-minus-local-mean differences under NIQE_ROUNDING_NOISE are set to 0, their
     exact value: in flat areas (clipped, JPEG-flattened or border-filled pixels) the reference codes
     keep rounding residues whose signs, which depend on the filter's summation order, then decide
     which side of the AGGD fits those pixels fall on. On images with flat areas this can differ from
@@ -317,8 +352,9 @@ def niqe(x: Tensor) -> Tensor:
     centre = window.shape[0] // 2
     taps = window[centre] / window[centre, centre].sqrt()
     img = y[:, None, :h, :w]
-    scale1 = _niqe_features(_mscn(img, taps), NIQE_BLOCK)
-    scale2 = _niqe_features(_mscn(_matlab_half(img), taps), NIQE_BLOCK // 2)
+    working = _working_dtype(x)
+    scale1 = _niqe_features(_mscn(img, taps).to(working), NIQE_BLOCK)
+    scale2 = _niqe_features(_mscn(_matlab_half(img), taps).to(working), NIQE_BLOCK // 2)
     features = torch.cat([scale1, scale2], dim=-1)
 
     mu = torch.nanmean(features, dim=1)
@@ -329,18 +365,21 @@ def niqe(x: Tensor) -> Tensor:
     cov = centred.transpose(1, 2) @ centred / (count - 1)
     pooled = (cov_pris + cov) / 2
     usable = pooled.isfinite().all(dim=(1, 2)) & mu.isfinite().all(dim=1)
-    # rtol: numpy.linalg.pinv's default cut-off, as in BasicSR.
-    inverse = torch.linalg.pinv(torch.where(usable[:, None, None], pooled, cov_pris), rtol=1e-15)
+    # BasicSR takes d' P^-1 d with a pseudo-inverse, an SVD per face. P is positive definite (the pristine
+    # covariance's eigenvalues are 7e-6 .. 1.1, and the image's covariance adds a semi-definite matrix), so
+    # a Cholesky factor gives the same number (to 1e-11 here) for a fraction of the work.
+    factor, failed = torch.linalg.cholesky_ex(torch.where(usable[:, None, None], pooled, cov_pris))
     d = mu_pris - mu
-    quality = torch.einsum("ni,nij,nj->n", d, inverse, d).sqrt()
-    return torch.where(usable, quality, torch.nan)
+    quality = torch.linalg.solve_triangular(factor, d[..., None], upper=False)[..., 0].norm(dim=-1)
+    return torch.where(usable & (failed == 0), quality, torch.nan)
 
 
 NO_REFERENCE = ("sharpness", "noise", "blockiness", "brightness", "contrast", "colourfulness", "niqe")
 
 
 def no_reference(x: Tensor, names: Collection[str] = NO_REFERENCE) -> dict[str, Tensor]:
-    """The no-reference measures `names` (all by default) of a batch, each (N,) float64, in NO_REFERENCE order."""
+    """The no-reference measures `names` (all by default) of a batch, each (N,) float64, in NO_REFERENCE order;
+    the arithmetic in the working precision of x (see the module's docstring)."""
     unknown = set(names) - set(NO_REFERENCE)
     if unknown:
         raise ValueError(f"unknown no-reference metrics {sorted(unknown)}; known: {', '.join(NO_REFERENCE)}")
@@ -349,9 +388,9 @@ def no_reference(x: Tensor, names: Collection[str] = NO_REFERENCE) -> dict[str, 
         "sharpness": lambda: _sharpness(lum),
         "noise": lambda: _noise_level(lum),
         "blockiness": lambda: _blockiness(lum),
-        "brightness": lambda: lum.mean(dim=(1, 2)),
+        "brightness": lambda: _mean(lum),
         "contrast": lambda: lum.std(dim=(1, 2), correction=0),
         "colourfulness": lambda: colourfulness(x),
         "niqe": lambda: niqe(x),
     }
-    return {name: measures[name]() for name in NO_REFERENCE if name in names}
+    return {name: measures[name]().double() for name in NO_REFERENCE if name in names}

@@ -25,6 +25,8 @@ INK = (40, 40, 40)
 GRID = (225, 225, 225)
 BAR = (180, 119, 31)
 EMPTY = (245, 245, 245)
+# The tables print values to this many significant digits; the metrics' precision is tested against it.
+SIGNIFICANT_DIGITS = 4
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ def _ticks(low: float, high: float, n: int = 5) -> list[float]:
 
 
 def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
+    return "-" if value is None else f"{value:.{SIGNIFICANT_DIGITS}g}"
 
 
 def _fmt_count(n: float) -> str:

@@ -11,7 +11,7 @@ from facexlib.recognition.arcface_arch import Backbone
 from numpy.lib.stride_tricks import sliding_window_view
 
 import schemas.audit_faces
-from codeformer_core import face_metrics, metrics
+from codeformer_core import face_metrics, metrics, report
 from codeformer_core.align import FFHQ_TEMPLATE_512
 from codeformer_core.samples import synthetic_face
 
@@ -315,3 +315,31 @@ def test_shifted_sums_give_conv2d_results_to_the_last_bits():
     strided = F.conv2d(F.conv2d(images[:, :1], half.view(1, 1, -1, 1), stride=(2, 1)), half.view(1, 1, 1, -1), stride=(1, 2))
     ours = metrics._shifted_sum(metrics._shifted_sum(images[:, :1], half.tolist(), -2, stride=2), half.tolist(), -1, stride=2)
     torch.testing.assert_close(ours, strided, rtol=1e-15, atol=1e-12)
+
+
+def test_float32_faces_keep_the_digits_the_report_records():
+    """The jobs measure float32 faces, and the audit report's tables print report.SIGNIFICANT_DIGITS digits.
+    Each measure of float32 images stays within a tenth of a unit of the last of those digits of its
+    float64 value, on faces with texture, flat and clipped areas, blur, JPEG blocks and low light."""
+    rng = np.random.default_rng(5)
+    faces = [synthetic_face(i, size=384, degrade=i % 2 == 0) for i in range(6)] + [textured_face(i, size=384) for i in range(2)]
+    patch = np.full((384, 384, 3), 128, np.uint8)
+    patch[60:260, 80:280] = rng.integers(0, 256, (200, 200, 3))
+    _, jpeg = cv2.imencode(".jpg", faces[1], [cv2.IMWRITE_JPEG_QUALITY, 10])
+    faces += [
+        patch,
+        np.clip(faces[1].astype(np.int64) * 3 - 200, 0, 255).astype(np.uint8),
+        faces[3] // 8,
+        cv2.GaussianBlur(faces[5], (0, 0), 4),
+        cv2.imdecode(jpeg, cv2.IMREAD_UNCHANGED),
+    ]
+    single = as_batch(*faces).float()
+    in_float32, in_float64 = metrics.no_reference(single), metrics.no_reference(single.double())
+    alone = metrics.no_reference(single[2:3])
+    for name in metrics.NO_REFERENCE:
+        assert in_float32[name].dtype == torch.float64, name
+        exact = in_float64[name].numpy()
+        unit = 10.0 ** (np.floor(np.log10(np.abs(exact))) + 1 - report.SIGNIFICANT_DIGITS)
+        share = np.abs(in_float32[name].numpy() - exact) / unit
+        assert share.max() < 0.1, (name, share.max())
+        assert alone[name].item() == in_float32[name][2].item(), name
