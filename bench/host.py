@@ -28,7 +28,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -144,13 +143,11 @@ def stage_costs(job, argv: list[str], faces: int, batch_size: int, repeats: int)
 def commit_staged(output: str, written: list[Mapping], digest: str) -> None:
     """The shard's commit, as the runner starts it from the writer's counts: its staged pieces into
     its files. Each pass commits under a digest of its own, so that its commit is done again."""
-    pieces = [(json.loads(f), json.loads(w), json.loads(r)) for b in written for f, w, r in zip(b["first"], b["written"], b["rows"])]
-    statuses = Counter()
-    for b in written:
-        for counts in b["statuses"]:
-            statuses.update(json.loads(counts))
-    inputs, items = (sum(int(x) for b in written for x in b[k]) for k in ("inputs", "items"))
-    ledger.commit_shard(output, 0, digest, pieces, inputs, dict(statuses), items)
+    shard = runner.OpenShard()
+    for batch in written:
+        for first, *piece in zip(batch["first"], *(batch[k] for k in runner.PIECE)):
+            shard.add(tuple(json.loads(first)), *piece)
+    ledger.commit_shard(output, 0, digest, *shard.commit_args())
 
 
 def per_call_ms(fn: Callable[[], object], repeat: int = 5) -> float:

@@ -99,6 +99,10 @@ def quiet_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
+# What the writer reports of each piece it staged, beside its "shard" and "first" (JSON cells, as ledger.stage makes them).
+PIECE = ("inputs", "segments", "items", "statuses", "written", "rows")
+
+
 @dataclass
 class OpenShard:
     pieces: dict[tuple[int, int], tuple[list[str], list[int]]] = field(default_factory=dict)  # (first input, its frame) -> staged files, inputs of its images/ rows
@@ -106,6 +110,20 @@ class OpenShard:
     inputs: int = 0
     items: int = 0
     statuses: Counter = field(default_factory=Counter)
+
+    def add(self, first: tuple[int, int], inputs: int, segments: str, items: int, statuses: str, written: str, rows: str) -> int:
+        """Count one staged piece (the writer's PIECE cells); how many of the shard's inputs it finished."""
+        self.pieces[first] = (json.loads(written), json.loads(rows))
+        done = int(inputs) + self.count_segments(json.loads(segments))
+        self.inputs += done
+        self.items += int(items)
+        self.statuses.update(json.loads(statuses))
+        return done
+
+    def commit_args(self) -> tuple[list, int, dict[str, int], int]:
+        """ledger.commit_shard's pieces, inputs, statuses and items for what has been added."""
+        pieces = [(list(first), written, rows) for first, (written, rows) in sorted(self.pieces.items())]
+        return pieces, self.inputs, dict(self.statuses), self.items
 
     def count_segments(self, rows: dict[str, list]) -> int:
         """Add a piece's rows of video segments; how many segments have now come out whole."""
@@ -139,21 +157,14 @@ def run_shards(plan: Callable[[dict[int, Work]], object], shards: dict[int, Work
     built = plan(shards)
     batches = iter(built.dataset.iter_batches(batch_size=None, batch_format="numpy"))
     for batch in batches:
-        columns = ("shard", "first", "inputs", "segments", "items", "statuses", "written", "rows")
-        for shard, first, inputs, segments, items, statuses, written, rows in zip(*(batch[k] for k in columns)):
+        for shard, first, *piece in zip(batch["shard"], batch["first"], *(batch[k] for k in PIECE)):
             shard, first = int(shard), tuple(json.loads(first))
             state = open_shards.setdefault(shard, OpenShard())
             if first in state.pieces or shard in closed:  # a piece comes out once; this guards the count if it ever came twice
                 continue
-            state.pieces[first] = (json.loads(written), json.loads(rows))
-            done = int(inputs) + state.count_segments(json.loads(segments))
-            state.inputs += done
-            state.items += int(items)
-            state.statuses.update(json.loads(statuses))
-            update["processed"] += done
+            update["processed"] += state.add(first, *piece)
             if state.inputs == shards[shard].inputs:
-                pieces = [(list(first), written, rows) for first, (written, rows) in sorted(state.pieces.items())]
-                args = (output, shard, digests[shard], pieces, state.inputs, dict(state.statuses), state.items, shards[shard].generation)
+                args = (output, shard, digests[shard], *state.commit_args(), shards[shard].generation)
                 committing[commit.remote(*args)] = shard
                 del open_shards[shard]
                 closed.add(shard)

@@ -14,7 +14,7 @@ import schemas
 from codeformer_core.statuses import SEGMENT_DONE
 from jobs import ledger
 from jobs.listing import Listing
-from jobs.runner import OpenShard
+from jobs.runner import PIECE, OpenShard
 
 RUN = {"job": "restore", "fidelity": 0.5}
 TABLES = ("images", "faces", "shards")
@@ -54,15 +54,12 @@ def tables(b: dict) -> tuple[dict, dict]:
 
 def commit(out: str, staged: list[dict], shard: int, generation: int = 0, rows: int | None = None) -> dict:
     """Commit the staged pieces of `shard` (of `rows` inputs, default those staged) as the runner would; its marker."""
-    mine = [(r, k) for r in staged for k in range(len(r["shard"])) if r["shard"][k] == shard]
-    pieces = [(json.loads(r["first"][k]), json.loads(r["written"][k]), json.loads(r["rows"][k])) for r, k in mine]
     counted = OpenShard()
-    inputs = sum(int(r["inputs"][k]) + counted.count_segments(json.loads(r["segments"][k])) for r, k in mine)
-    items = sum(int(r["items"][k]) for r, k in mine)
-    statuses: dict = {}
-    for r, k in mine:
-        for status, n in json.loads(r["statuses"][k]).items():
-            statuses[status] = statuses.get(status, 0) + n
+    for r in staged:
+        for k in range(len(r["shard"])):
+            if r["shard"][k] == shard:
+                counted.add(tuple(json.loads(r["first"][k])), *(r[c][k] for c in PIECE))
+    pieces, inputs, statuses, items = counted.commit_args()
     added = ledger.commit_shard(out, shard, digest(shard, rows or inputs), pieces, inputs, statuses, items, generation)
     assert added["shard"] == shard
     return {**json.loads((Path(out) / ledger.MARKERS / f"shard-{shard:08d}.json").read_text()), "added": added}
