@@ -6,12 +6,15 @@ not depend on the rest of its batch.
 
 Precision: the no-reference measures do their per-pixel arithmetic in the precision of their input,
 float64 for float64 images and float32 otherwise (the jobs' faces: half the memory traffic on a
-device, and faster CPU kernels). The tables of the audit report record four significant digits,
-and float32 keeps them: tests/unit/test_metrics.py holds each measure within a tenth of a unit of
-the fourth digit of its float64 value. Where float32 would change those digits the arithmetic stays
-float64 whatever the input: NIQE's rounded luma, local moments (E[x^2] - E[x]^2 cancels) and
-statistics, and the full-reference PSNR and SSIM (no job records them; SSIM's variances cancel the
-same way).
+device, and faster CPU kernels); their sums over an image accumulate in float64. The tables of the
+audit report record four significant digits, and tests/unit/test_metrics.py holds each measure of
+float32 images within a tenth of a unit of the fourth digit of its float64 value: a printed value
+can change only next to a rounding boundary, and then by one in its last digit. The values the
+jobs store, and that thresholds and dedup compare, differ from float64 ones from about the sixth
+significant digit (bench/metric_precision.py). Where float32 would change the recorded digits the
+arithmetic stays float64 whatever the input: NIQE's rounded luma, local moments (E[x^2] - E[x]^2
+cancels) and statistics, and the full-reference PSNR and SSIM (no job records them; SSIM's
+variances cancel the same way).
 
 Two lumas are used, on the 0..255 scale:
 - the Y of MATLAB's rgb2ycbcr (BT.601 studio range, 16..235) for PSNR/SSIM on "y" and for NIQE,
@@ -67,7 +70,8 @@ def _working_dtype(x: Tensor) -> torch.dtype:
 
 def _weighted_channels(x: Tensor, weights: tuple[float, float, float]) -> Tensor:
     """(N, 3, H, W) -> (N, H, W), the weighted sum of the channels."""
-    return torch.einsum("nchw,c->nhw", x, torch.tensor(weights, dtype=x.dtype, device=x.device))
+    # Not an einsum: in float32 that is a matrix product, which TF32 settings would round to 10 bits.
+    return x[:, 0] * weights[0] + x[:, 1] * weights[1] + x[:, 2] * weights[2]
 
 
 def ycbcr_y(x: Tensor) -> Tensor:
@@ -172,8 +176,14 @@ def _mean(images: Tensor) -> Tensor:
     return _total(images) / (images.shape[1] * images.shape[2])
 
 
+def _variance(images: Tensor) -> Tensor:
+    """(N, H, W) -> (N,) population variances, from the deviations from each image's mean, with _total's sums."""
+    mean = _mean(images).to(images.dtype)[:, None, None]
+    return _mean((images - mean).square())
+
+
 def _sharpness(lum: Tensor) -> Tensor:
-    return _valid_filter(lum, LAPLACIAN).var(dim=(1, 2), correction=0)
+    return _variance(_valid_filter(lum, LAPLACIAN))
 
 
 def _noise_level(lum: Tensor) -> Tensor:
@@ -225,7 +235,7 @@ def brightness(x: Tensor) -> Tensor:
 
 def contrast(x: Tensor) -> Tensor:
     """RMS contrast: the (population) standard deviation of the luma, 0..255."""
-    return luma(x).std(dim=(1, 2), correction=0).double()
+    return _variance(luma(x)).sqrt()
 
 
 def colourfulness(x: Tensor) -> Tensor:
@@ -233,7 +243,7 @@ def colourfulness(x: Tensor) -> Tensor:
     M = sqrt(sd_rg^2 + sd_yb^2) + 0.3 sqrt(mu_rg^2 + mu_yb^2), with population standard deviations."""
     r, g, b = (255.0 * _images(x, _working_dtype(x))).unbind(dim=1)
     rg, yb = r - g, (r + g) / 2 - b
-    spread = torch.sqrt(rg.var(dim=(1, 2), correction=0) + yb.var(dim=(1, 2), correction=0))
+    spread = torch.sqrt(_variance(rg) + _variance(yb))
     centre = torch.sqrt(_mean(rg) ** 2 + _mean(yb) ** 2)
     return (spread + 0.3 * centre).double()
 
@@ -303,12 +313,10 @@ def _aggd(values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     shapes, r_table = _aggd_table(values.device)
     squares = values.square()
     left, right = values < 0, values > 0
-    total = squares.sum(-1, dtype=torch.float64)
-    left_squares = (squares * left).sum(-1, dtype=torch.float64)
-    left_std = (left_squares / left.sum(-1)).sqrt()
-    right_std = ((total - left_squares) / right.sum(-1)).sqrt()
+    left_std = ((squares * left).sum(-1, dtype=torch.float64) / left.sum(-1)).sqrt()
+    right_std = ((squares * right).sum(-1, dtype=torch.float64) / right.sum(-1)).sqrt()
     g = left_std / right_std
-    r_hat = values.abs().sum(-1, dtype=torch.float64) ** 2 / (total * values.shape[-1])
+    r_hat = values.abs().mean(-1, dtype=torch.float64) ** 2 / squares.mean(-1, dtype=torch.float64)
     r_norm = r_hat * (g**3 + 1) * (g + 1) / (g**2 + 1) ** 2
     alpha = shapes[_nearest_index(r_table, r_norm)]
     scale = _gamma_ratio(1 / alpha, 3 / alpha).sqrt()
@@ -332,8 +340,8 @@ def niqe(x: Tensor) -> Tensor:
     """NIQE, lower is better, on the rounded MATLAB Y channel, 96x96 blocks without overlap (the image is
     cropped to whole blocks), no border crop, with the authors' pristine model (LIVE, UT Austin).
 
-    The luma, its local moments and the final statistics are float64, as in MATLAB; the sums of the block
-    fits are in the working precision, float32 for float32 images. BasicSR works wholly in float32, which
+    The luma, its local moments and the final statistics are float64, as in MATLAB; the block fits take
+    the working precision's values (float32 for float32 images) and sum them in float64. BasicSR works wholly in float32, which
     moves results by about 1e-4 on textured images. Pixel-minus-local-mean differences under NIQE_ROUNDING_NOISE are set to 0, their
     exact value: in flat areas (clipped, JPEG-flattened or border-filled pixels) the reference codes
     keep rounding residues whose signs, which depend on the filter's summation order, then decide
@@ -389,7 +397,7 @@ def no_reference(x: Tensor, names: Collection[str] = NO_REFERENCE) -> dict[str, 
         "noise": lambda: _noise_level(lum),
         "blockiness": lambda: _blockiness(lum),
         "brightness": lambda: _mean(lum),
-        "contrast": lambda: lum.std(dim=(1, 2), correction=0),
+        "contrast": lambda: _variance(lum).sqrt(),
         "colourfulness": lambda: colourfulness(x),
         "niqe": lambda: niqe(x),
     }

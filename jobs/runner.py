@@ -112,7 +112,10 @@ class OpenShard:
     statuses: Counter = field(default_factory=Counter)
 
     def add(self, first: tuple[int, int], inputs: int, segments: str, items: int, statuses: str, written: str, rows: str) -> int:
-        """Count one staged piece (the writer's PIECE cells); how many of the shard's inputs it finished."""
+        """Count one staged piece (the writer's PIECE cells); how many of the shard's inputs it finished.
+        A piece comes out once; should it come again, it is not counted twice."""
+        if first in self.pieces:
+            return 0
         self.pieces[first] = (json.loads(written), json.loads(rows))
         done = int(inputs) + self.count_segments(json.loads(segments))
         self.inputs += done
@@ -159,9 +162,9 @@ def run_shards(plan: Callable[[dict[int, Work]], object], shards: dict[int, Work
     for batch in batches:
         for shard, first, *piece in zip(batch["shard"], batch["first"], *(batch[k] for k in PIECE)):
             shard, first = int(shard), tuple(json.loads(first))
-            state = open_shards.setdefault(shard, OpenShard())
-            if first in state.pieces or shard in closed:  # a piece comes out once; this guards the count if it ever came twice
+            if shard in closed:
                 continue
+            state = open_shards.setdefault(shard, OpenShard())
             update["processed"] += state.add(first, *piece)
             if state.inputs == shards[shard].inputs:
                 args = (output, shard, digests[shard], *state.commit_args(), shards[shard].generation)

@@ -243,6 +243,15 @@ def video_tables(b: dict) -> tuple[dict, dict]:
     return {"images": ledger.images_table(b, VIDEO_IMAGES, num_faces=[len(a) for a in b["affine"]]), "faces": pa.table({"x": [1] * len(b["shard"])})}, {}
 
 
+def test_a_piece_that_comes_out_twice_counts_once(tmp_path):
+    staged = ledger.stage(batch(0, [0, 1], ["ok", "empty"]), str(tmp_path), "faces", tables)
+    piece = (tuple(json.loads(staged["first"][0])), *(staged[c][0] for c in PIECE))
+    state = OpenShard()
+    assert state.add(*piece) == 2 and state.add(*piece) == 0
+    pieces, inputs, statuses, items = state.commit_args()
+    assert len(pieces) == 1 and inputs == 2 and statuses == {"ok": 1, "empty": 1} and items == 1
+
+
 def test_a_segment_counts_once_all_its_rows_have_come_out_in_any_order(tmp_path):
     out = str(tmp_path)
     late = ledger.stage(video_batch([(1, 252, None), (1, None, 4)]), out, "faces", video_tables)  # the closing row says: 4 rows
