@@ -313,10 +313,11 @@ def _aggd(values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     shapes, r_table = _aggd_table(values.device)
     squares = values.square()
     left, right = values < 0, values > 0
-    left_std = ((squares * left).sum(-1, dtype=torch.float64) / left.sum(-1)).sqrt()
-    right_std = ((squares * right).sum(-1, dtype=torch.float64) / right.sum(-1)).sqrt()
+    left_squares = (squares * left).sum(-1, dtype=torch.float64)
+    right_squares = (squares * right).sum(-1, dtype=torch.float64)
+    left_std, right_std = (left_squares / left.sum(-1)).sqrt(), (right_squares / right.sum(-1)).sqrt()
     g = left_std / right_std
-    r_hat = values.abs().mean(-1, dtype=torch.float64) ** 2 / squares.mean(-1, dtype=torch.float64)
+    r_hat = values.abs().mean(-1, dtype=torch.float64) ** 2 / ((left_squares + right_squares) / values.shape[-1])
     r_norm = r_hat * (g**3 + 1) * (g + 1) / (g**2 + 1) ** 2
     alpha = shapes[_nearest_index(r_table, r_norm)]
     scale = _gamma_ratio(1 / alpha, 3 / alpha).sqrt()
