@@ -207,7 +207,7 @@ def _blockiness(lum: Tensor) -> Tensor:
 
 def sharpness(x: Tensor) -> Tensor:
     """Variance of the 3x3 Laplacian [[0,1,0],[1,-4,1],[0,1,0]] of the luma, over the valid region."""
-    return _sharpness(luma(x)).double()
+    return _sharpness(luma(x))
 
 
 def noise_level(x: Tensor) -> Tensor:
@@ -216,7 +216,7 @@ def noise_level(x: Tensor) -> Tensor:
     sigma = sqrt(pi / 2) / (6 (W - 2)(H - 2)) * sum |I * M| over the valid region,
     M = [[1, -2, 1], [-2, 4, -2], [1, -2, 1]]; no edge exclusion, so strong edges raise it a little.
     """
-    return _noise_level(luma(x)).double()
+    return _noise_level(luma(x))
 
 
 def blockiness(x: Tensor) -> Tensor:
@@ -225,7 +225,7 @@ def blockiness(x: Tensor) -> Tensor:
 
     1.0 means no blocking; it grows as JPEG quality falls. A flat image gives 1.0.
     """
-    return _blockiness(luma(x)).double()
+    return _blockiness(luma(x))
 
 
 def brightness(x: Tensor) -> Tensor:
@@ -245,7 +245,7 @@ def colourfulness(x: Tensor) -> Tensor:
     rg, yb = r - g, (r + g) / 2 - b
     spread = torch.sqrt(_variance(rg) + _variance(yb))
     centre = torch.sqrt(_mean(rg) ** 2 + _mean(yb) ** 2)
-    return (spread + 0.3 * centre).double()
+    return spread + 0.3 * centre
 
 
 # NIQE (Mittal, Soundararajan & Bovik 2013). The algorithm follows BasicSR's basicsr/metrics/niqe.py
@@ -402,4 +402,4 @@ def no_reference(x: Tensor, names: Collection[str] = NO_REFERENCE) -> dict[str, 
         "colourfulness": lambda: colourfulness(x),
         "niqe": lambda: niqe(x),
     }
-    return {name: measures[name]().double() for name in NO_REFERENCE if name in names}
+    return {name: measures[name]() for name in NO_REFERENCE if name in names}
